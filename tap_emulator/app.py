@@ -1,0 +1,252 @@
+"""Face: the composition root and the server's lifecycle (start, serve, drain, stop).
+
+Start order: open the output directory (sweeping our stale temporaries), start the
+writers, start the gRPC listener and the HTTP endpoint, log one line with every bound
+address, then report ready.
+
+Stop order, on the first SIGTERM or SIGINT: report not ready (HTTP and gRPC health), stop
+accepting streams and end the open ones (a proxy's tap stream never ends by itself), publish
+every accepted message, then exit 0. If that does not finish within `drain_timeout_seconds`
+the exact number of accepted messages not written is logged and the exit status is 1. A
+second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from tap_emulator import __version__
+from tap_emulator.config import Settings, split_address
+from tap_emulator.correlate import SegmentNames, SequenceCounter
+from tap_emulator.derive import Deriver, NamingPolicy
+from tap_emulator.health import GrpcHealth, HttpEndpoint, Readiness
+from tap_emulator.ingest import TapSink
+from tap_emulator.observe import Metrics, TableStats
+from tap_emulator.writer import WriterPool
+
+log = logging.getLogger("tap_emulator")
+
+TRANSPORT = "grpcio"
+# Streams that are finishing on their own get this long to receive their status.
+_STREAM_CLOSE_GRACE_SECONDS = 1.0
+_READINESS_POLL_SECONDS = 1.0
+
+
+def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Transport options; bdp_probe=0 keeps grpc from growing windows without bound when a
+    handler stops reading (decisions.md 2), which is what makes backpressure bound memory."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class Emulator:
+    """Everything `serve` runs, wired together; built by `build`, run by `run`."""
+
+    settings: Settings
+    metrics: Metrics
+    pool: WriterPool
+    deriver: Deriver
+    sink: TapSink
+    readiness: Readiness
+    grpc_health: GrpcHealth
+    http: HttpEndpoint
+    server: grpc.aio.Server | None = None
+    tap_address: tuple[str, int] | None = None
+    metrics_address: tuple[str, int] | None = None
+
+
+def build(settings: Settings) -> Emulator:
+    metrics = Metrics(transport=TRANSPORT)
+    pool = WriterPool(
+        settings.output_dir,
+        metrics,
+        writers=settings.writers,
+        batch_max_items=settings.writer_batch_max_items,
+        max_items=settings.queue_max_items,
+        max_bytes=settings.queue_max_bytes,
+        fsync=settings.fsync,
+        file_mode=settings.file_mode,
+    )
+    sequences = SequenceCounter(
+        pool.highest_published, settings.correlation_max_entries, settings.correlation_idle_seconds
+    )
+    segments = SegmentNames(settings.correlation_max_entries, settings.correlation_idle_seconds)
+    for name, table in (("sequences", sequences), ("segments", segments)):
+        metrics.watch_table(
+            name,
+            lambda table=table: TableStats(
+                len(table), table.evictions.capacity, table.evictions.idle
+            ),
+        )
+    policy = NamingPolicy(
+        name_format=settings.name_format,
+        trace_id_headers=settings.trace_id_headers,
+        redact_headers=frozenset(settings.redact_headers),
+        default_direction=settings.default_direction,
+    )
+    deriver = Deriver(policy, sequences, segments)
+    sink = TapSink(deriver, pool, metrics, settings.default_direction)
+    readiness = Readiness(lambda: _output_problem(pool))
+    return Emulator(
+        settings=settings,
+        metrics=metrics,
+        pool=pool,
+        deriver=deriver,
+        sink=sink,
+        readiness=readiness,
+        grpc_health=GrpcHealth(),
+        http=HttpEndpoint(metrics, readiness),
+    )
+
+
+def _output_problem(pool: WriterPool) -> str | None:
+    failing = pool.failing
+    if failing is not None:
+        return f"{errno.errorcode.get(failing.errno or 0, 'error')}: {failing.strerror}"
+    return pool.probe_writable()
+
+
+async def start(emulator: Emulator) -> None:
+    settings = emulator.settings
+    removed = emulator.pool.open()
+    await emulator.pool.start()
+
+    server = grpc.aio.server(
+        options=grpc_server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_streams,
+    )
+    server.add_generic_rpc_handlers([emulator.sink.rpc_handler()])
+    health_pb2_grpc.add_HealthServicer_to_server(emulator.grpc_health.servicer, server)
+    host, port = split_address(settings.listen)
+    bound_port = server.add_insecure_port(_grpc_address(host, port))
+    await server.start()
+    emulator.server = server
+    emulator.tap_address = (host, bound_port)
+
+    if settings.metrics_listen:
+        metrics_host, metrics_port = split_address(settings.metrics_listen)
+        emulator.metrics_address = await emulator.http.start(metrics_host, metrics_port)
+
+    emulator.readiness.listening = True
+    await emulator.grpc_health.serving(emulator.readiness.problem() is None)
+    log.info(
+        "tap-emulator %s listening tap=%s metrics=%s output_dir=%s writers=%d "
+        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s transport=%s%s",
+        __version__,
+        _show(emulator.tap_address),
+        _show(emulator.metrics_address) if emulator.metrics_address else "off",
+        settings.output_dir,
+        settings.writers,
+        settings.writer_batch_max_items,
+        settings.queue_max_items,
+        settings.queue_max_bytes,
+        settings.name_format.value,
+        TRANSPORT,
+        f" (removed {removed} stale temporary files)" if removed else "",
+    )
+
+
+def _grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _show(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "-"
+    return _grpc_address(*address)
+
+
+async def stop(emulator: Emulator) -> int:
+    """Drain and stop; returns the process exit status (0 when nothing accepted was lost)."""
+    started = time.monotonic()
+    settings = emulator.settings
+    emulator.readiness.draining = True
+    emulator.sink.closing = True
+    await emulator.grpc_health.serving(False)
+    log.info("draining: no new streams; publishing %d accepted files", emulator.pool.unpublished)
+    if emulator.server is not None:
+        grace = min(_STREAM_CLOSE_GRACE_SECONDS, settings.drain_timeout_seconds)
+        await emulator.server.stop(grace)
+    remaining_time = max(0.0, settings.drain_timeout_seconds - (time.monotonic() - started))
+    unwritten = await emulator.pool.drain(remaining_time)
+    await emulator.http.close()
+    if unwritten:
+        log.error(
+            "drain timed out after %.1fs: %d accepted files were not written",
+            settings.drain_timeout_seconds,
+            unwritten,
+        )
+        return 1
+    await emulator.pool.close()
+    log.info("stopped cleanly in %.2fs", time.monotonic() - started)
+    return 0
+
+
+async def _follow_readiness(emulator: Emulator) -> None:
+    """Keep the gRPC health status in step with readiness (e.g. a disk that fills)."""
+    last: bool | None = None
+    while True:
+        ready = emulator.readiness.problem() is None
+        if ready != last:
+            await emulator.grpc_health.serving(ready)
+            last = ready
+        await asyncio.sleep(_READINESS_POLL_SECONDS)
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status."""
+    emulator = build(settings)
+    await start(emulator)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.error(
+                "second %s: exiting now with %d accepted files not written",
+                signal.Signals(signum).name,
+                emulator.pool.unpublished,
+            )
+            logging.shutdown()
+            os._exit(1)
+        log.info("%s received", signal.Signals(signum).name)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    follower = asyncio.create_task(_follow_readiness(emulator))
+    try:
+        await stopping.wait()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    return await stop(emulator)
+
+
+def run(settings: Settings) -> int:
+    """Run `serve` on the fastest available event loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.run(serve(settings))
+    if sys.version_info >= (3, 12):  # pragma: no cover
+        return uvloop.run(serve(settings))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(settings))

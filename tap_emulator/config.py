@@ -1,0 +1,292 @@
+"""Face: the one validated settings object, loaded from YAML and overridden by flags.
+
+Every setting is a field of `Settings` with its default, unit and help text beside it; the
+command line offers each one as `--name-with-dashes`, `docs/settings.md` is generated from
+the same table, and a config file may use only these names (a typo is an error that says
+what was meant). Values are validated once, at start, with the setting's name in the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tap_emulator.naming import DEFAULT_TRACE_ID_HEADERS, Direction, NameFormat
+from tap_emulator.redact import DEFAULT_REDACT_HEADERS
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; raised before anything starts."""
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `tap-emulator serve` can be told; defaults are the embedded ones."""
+
+    listen: str = _setting("0.0.0.0:9000", "HOST:PORT of the gRPC TapSinkService (port 0: any)")
+    metrics_listen: str = _setting(
+        "0.0.0.0:9090",
+        "HOST:PORT of the HTTP endpoint for /metrics, /healthz and /readyz ('' disables it)",
+    )
+    output_dir: Path = _setting(Path("/tmp"), "directory the .pb files are published in")
+    writers: int = _setting(2, "writer tasks publishing batches in parallel")
+    writer_batch_max_items: int = _setting(64, "most files one writer publishes per thread hop")
+    queue_max_items: int = _setting(10_000, "writer queue bound in files (queued or being written)")
+    queue_max_bytes: int = _setting(
+        64 * MiB, "writer queue bound in bytes; a full queue stops reading the streams"
+    )
+    fsync: bool = _setting(False, "fsync each file, and the directory after each batch")
+    file_mode: int = _setting(0o640, "permission bits of published files (octal)", octal=True)
+    name_format: NameFormat = _setting(
+        NameFormat.PLAIN,
+        "plain: <prefix>-<traceId>-<seq>.pb; req_res: <prefix>-<traceId>-<req|res>-<seq>.pb",
+    )
+    trace_id_headers: tuple[str, ...] = _setting(
+        DEFAULT_TRACE_ID_HEADERS,
+        "headers tried in order for a trace id; Envoy's numeric id (hex) when none is valid",
+    )
+    redact_headers: tuple[str, ...] = _setting(
+        DEFAULT_REDACT_HEADERS, "headers whose values are replaced by REDACTED ('' for none)"
+    )
+    default_direction: Direction = _setting(
+        Direction.INBOUND, "direction of streams whose tap_id ends in neither inbound nor outbound"
+    )
+    max_message_bytes: int = _setting(16 * MiB, "largest StreamTapsRequest accepted")
+    max_concurrent_streams: int = _setting(1000, "StreamTaps calls served at once")
+    correlation_max_entries: int = _setting(
+        100_000, "most streamed traces and name stems remembered at once"
+    )
+    correlation_idle_seconds: float = _setting(
+        300.0, "a streamed trace or name stem unused this long is forgotten"
+    )
+    drain_timeout_seconds: float = _setting(
+        20.0, "on SIGTERM/SIGINT, time allowed to publish every accepted message"
+    )
+    log_level: str = _setting("info", "debug, info, warning or error")
+    log_format: str = _setting("text", "text or json (one object per line)")
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            check = _CHECKS.get(item.name)
+            if check is not None:
+                problem = check(getattr(self, item.name))
+                if problem:
+                    raise ConfigError(f"{item.name}: {problem}")
+        minimum = self.queue_max_items + self.writers * self.writer_batch_max_items
+        if self.correlation_max_entries < minimum:
+            # A stem forgotten while its files are still queued could be numbered twice.
+            raise ConfigError(
+                f"correlation_max_entries: must be at least queue_max_items + writers * "
+                f"writer_batch_max_items ({minimum}), got {self.correlation_max_entries}"
+            )
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _in_range(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not low <= value <= high:
+            return f"must be between {low:g} and {high:g}, got {value!r}"
+        return None
+
+    return check
+
+
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"must be one of {', '.join(allowed)}, got {value!r}"
+
+    return check
+
+
+def _address(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        split_address(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+|:authority|:path|:method")
+
+
+def _header_names(value: tuple[str, ...]) -> str | None:
+    bad = [name for name in value if not _HEADER_NAME.fullmatch(name)]
+    return f"not lowercase HTTP header names: {bad}" if bad else None
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "listen": _address,
+    "metrics_listen": _address,
+    "writers": _in_range(1, 64),
+    "writer_batch_max_items": _in_range(1, 4096),
+    "queue_max_items": _in_range(1, 10_000_000),
+    "queue_max_bytes": _in_range(64 * KiB, 64 * GiB),
+    "file_mode": _in_range(0, 0o777),
+    "trace_id_headers": _header_names,
+    "redact_headers": _header_names,
+    "max_message_bytes": _in_range(1 * KiB, 2 * GiB - 1),
+    "max_concurrent_streams": _in_range(1, 1_000_000),
+    "correlation_max_entries": _in_range(1, 100_000_000),
+    "correlation_idle_seconds": _in_range(0.001, 7 * 24 * 3600),
+    "drain_timeout_seconds": _in_range(0, 3600),
+    "log_level": _one_of(*LOG_LEVELS),
+    "log_format": _one_of(*LOG_FORMATS),
+}
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` into its parts; raises ValueError with the reason."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port out of range in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        ipaddress.IPv6Address(host[1:-1])
+        return host[1:-1], port
+    if not host or ":" in host:
+        raise ValueError(f"expected HOST:PORT (IPv6 in brackets), got {address!r}")
+    return host, port
+
+
+# --- loading ----------------------------------------------------------------------------
+
+FIELDS = {item.name: item for item in dataclasses.fields(Settings)}
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(|k|ki|kib|m|mi|mib|g|gi|gib)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": KiB, "ki": KiB, "kib": KiB, "m": MiB, "mi": MiB, "mib": MiB}
+_SIZE_UNITS |= {"g": GiB, "gi": GiB, "gib": GiB}
+
+
+def _to_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        if FIELDS[name].metadata.get("octal"):
+            try:
+                return int(value, 8)
+            except ValueError:
+                raise ConfigError(f"{name}: expected octal digits such as 0640, got {value!r}") from None
+        match = _SIZE.match(value)
+        if match:
+            return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    raise ConfigError(f"{name}: expected a whole number (sizes may say KiB, MiB, GiB), got {value!r}")
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def _to_list(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    elif isinstance(value, list | tuple):
+        items = [str(part).strip() for part in value]
+    elif value is None:
+        items = []
+    else:
+        raise ConfigError(f"{name}: expected a list or a comma-separated string, got {value!r}")
+    return tuple(item.lower() for item in items if item)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = FIELDS[name].type
+    if kind == "int":
+        return _to_int(name, value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{name}: expected a number of seconds, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number of seconds, got {value!r}") from None
+    if kind == "bool":
+        return _to_bool(name, value)
+    if kind == "Path":
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{name}: expected a directory path, got {value!r}")
+        return Path(value)
+    if kind == "tuple[str, ...]":
+        return _to_list(name, value)
+    for enum in (NameFormat, Direction):
+        if kind == enum.__name__:
+            try:
+                return enum(str(value).lower())
+            except ValueError:
+                allowed = ", ".join(member.value for member in enum)
+                raise ConfigError(f"{name}: must be one of {allowed}, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected text, got {value!r}")
+    return value.lower() if name in ("log_level", "log_format") else value
+
+
+def _unknown(keys: list[str]) -> ConfigError:
+    hints = []
+    for key in keys:
+        close = difflib.get_close_matches(key.replace("-", "_"), FIELDS, n=1)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return ConfigError(f"unknown settings: {', '.join(hints)}")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, with errors that name the file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(loaded).__name__}")
+    return loaded
+
+
+def build_settings(*layers: Mapping[str, Any]) -> Settings:
+    """Settings from defaults overridden by each layer in turn (file, then flags)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        unknown = sorted(str(key) for key in layer if key not in FIELDS)
+        if unknown:
+            raise _unknown(unknown)
+        merged.update({key: _coerce(key, value) for key, value in layer.items()})
+    return Settings(**merged)
+
+
+def load_settings(config_file: Path | None, overrides: Mapping[str, Any]) -> Settings:
+    """The settings `serve` runs with: embedded defaults < config file < flags."""
+    from_file = read_config_file(config_file) if config_file is not None else {}
+    return build_settings(from_file, overrides)

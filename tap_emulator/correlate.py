@@ -1,0 +1,182 @@
+"""Derive, bounded state: names of in-flight streamed traces and per-stem sequence counters.
+
+Envoy never marks the end of a streamed transaction, so nothing here waits for one: every
+entry is forgotten after `idle_seconds` without use, or sooner when `max_entries` is reached
+(least recently used first). Each forgetting is counted by reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Evictions:
+    """How many entries a bounded map forgot, by reason."""
+
+    capacity: int = 0
+    idle: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.capacity + self.idle
+
+
+class BoundedLru(Generic[K, V]):
+    """A map bounded by entries and idle time; touching an entry refreshes it."""
+
+    def __init__(
+        self,
+        max_entries: int,
+        idle_seconds: float,
+        clock: Clock = time.monotonic,
+        on_evict: Callable[[K], None] | None = None,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        self._max_entries = max_entries
+        self._idle_seconds = idle_seconds
+        self._clock = clock
+        self._on_evict = on_evict
+        self.evictions = Evictions()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def get(self, key: K) -> V | None:
+        now = self._clock()
+        self._expire(now)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries[key] = (entry[0], now)
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: K, value: V) -> None:
+        now = self._clock()
+        self._expire(now)
+        self._entries[key] = (value, now)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            evicted, _ = self._entries.popitem(last=False)
+            self.evictions.capacity += 1
+            self._notify(evicted)
+
+    def pop(self, key: K) -> V | None:
+        entry = self._entries.pop(key, None)
+        return None if entry is None else entry[0]
+
+    def expire(self) -> None:
+        """Forget idle entries now (they are also forgotten lazily on every access)."""
+        self._expire(self._clock())
+
+    def _expire(self, now: float) -> None:
+        deadline = now - self._idle_seconds
+        entries = self._entries
+        while entries:
+            key, (_, touched) = next(iter(entries.items()))
+            if touched > deadline:
+                return
+            del entries[key]
+            self.evictions.idle += 1
+            self._notify(key)
+
+    def _notify(self, key: K) -> None:
+        if self._on_evict is not None:
+            self._on_evict(key)
+
+
+class SequenceCounter:
+    """Hands out 1, 2, 3... per stem, continuing after what is already on disk.
+
+    `floor(stem)` reports the highest sequence already published for a stem; it is asked
+    only when a stem is not (or no longer) tracked, so a restart or an eviction never
+    reuses a number whose file exists.
+    """
+
+    def __init__(
+        self,
+        floor: Callable[[str], int],
+        max_entries: int,
+        idle_seconds: float,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._floor = floor
+        self._last: BoundedLru[str, int] = BoundedLru(max_entries, idle_seconds, clock)
+
+    @property
+    def evictions(self) -> Evictions:
+        return self._last.evictions
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def next(self, stem: str) -> int:
+        last = self._last.get(stem)
+        if last is None:
+            last = self._floor(stem)
+        self._last.put(stem, last + 1)
+        return last + 1
+
+
+@dataclass(frozen=True, slots=True)
+class TraceName:
+    """What a streamed transaction is called: learned from its request headers."""
+
+    prefix: str
+    trace_id: str
+
+
+SegmentKey = tuple[int, int]
+"""(stream number, Envoy trace id): trace ids are unique only within one proxy."""
+
+
+class SegmentNames:
+    """Remembers each streamed transaction's name until it goes idle or its stream ends."""
+
+    def __init__(self, max_entries: int, idle_seconds: float, clock: Clock = time.monotonic):
+        self._by_stream: dict[int, set[int]] = {}
+        self._names: BoundedLru[SegmentKey, TraceName] = BoundedLru(
+            max_entries, idle_seconds, clock, on_evict=self._unindex
+        )
+
+    @property
+    def evictions(self) -> Evictions:
+        return self._names.evictions
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def get(self, stream: int, trace_id: int) -> TraceName | None:
+        return self._names.get((stream, trace_id))
+
+    def remember(self, stream: int, trace_id: int, name: TraceName) -> None:
+        self._by_stream.setdefault(stream, set()).add(trace_id)
+        self._names.put((stream, trace_id), name)
+
+    def forget_stream(self, stream: int) -> None:
+        """Drop every name a finished stream taught us (not counted as an eviction)."""
+        for trace_id in self._by_stream.pop(stream, ()):
+            self._names.pop((stream, trace_id))
+
+    def _unindex(self, key: SegmentKey) -> None:
+        stream, trace_id = key
+        traces = self._by_stream.get(stream)
+        if traces is not None:
+            traces.discard(trace_id)
+            if not traces:
+                del self._by_stream[stream]

@@ -1,0 +1,176 @@
+"""Derive: turn one decoded StreamTapsRequest into the files it becomes.
+
+Combines the pure naming rules (naming.py), the bounded correlation state (correlate.py)
+and redaction (redact.py). It never touches the network or the disk; the only I/O it can
+cause is through the `floor` callback its SequenceCounter was given.
+
+What becomes a file:
+- a buffered HTTP trace: one file (two in the req_res format: request half, response half);
+- a streamed HTTP segment: one file, named after its transaction's request headers;
+- a socket trace: one file named `socket-trace-<envoyTraceIdHex>-<seq>.pb`;
+- a trace with nothing recognisable in it: one file named `empty-trace-<envoyTraceIdHex>-<seq>.pb`;
+- a message with no trace at all (an identifier alone): nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
+from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
+from tap_emulator.correlate import SegmentNames, SequenceCounter, TraceName
+from tap_emulator.naming import (
+    EMPTY_PREFIX,
+    SOCKET_PREFIX,
+    Direction,
+    Half,
+    HeaderLike,
+    Identity,
+    NameFormat,
+    authority_from,
+    build_stem,
+    find_header,
+    prefix_for,
+    trace_id_from,
+)
+from tap_emulator.redact import redact_trace
+
+
+class TraceKind(StrEnum):
+    """What a message carried; a closed set, used as a metric label."""
+
+    BUFFERED = "buffered"
+    STREAMED_SEGMENT = "streamed_segment"
+    SOCKET = "socket"
+    OTHER = "other"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class NamingPolicy:
+    """The naming and redaction settings derive needs (a slice of the full Settings)."""
+
+    name_format: NameFormat = NameFormat.PLAIN
+    trace_id_headers: tuple[str, ...] = ()
+    redact_headers: frozenset[str] = frozenset()
+    default_direction: Direction = Direction.INBOUND
+
+    def wanted_headers(self) -> tuple[str, ...]:
+        return (":authority", "host", *self.trace_id_headers)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedFile:
+    """One file to publish: `<stem>-<sequence>.pb` holding `payload`."""
+
+    stem: str
+    sequence: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Derivation:
+    """What one message became, and what naming had to do along the way (for metrics)."""
+
+    kind: TraceKind
+    files: list[PlannedFile] = field(default_factory=list)
+    sanitized: int = 0
+    truncated: int = 0
+    redactions: int = 0
+
+
+_REQUEST_PIECES = frozenset({None, "request_headers", "request_body_chunk", "request_trailers"})
+_SOCKET_KINDS = frozenset({"socket_buffered_trace", "socket_streamed_trace_segment"})
+
+
+class Deriver:
+    """Names every trace of every stream; one instance serves the whole server."""
+
+    def __init__(
+        self, policy: NamingPolicy, sequences: SequenceCounter, segments: SegmentNames
+    ) -> None:
+        self._policy = policy
+        self._wanted = policy.wanted_headers()
+        self._split = policy.name_format is NameFormat.REQ_RES
+        self._sequences = sequences
+        self._segments = segments
+
+    def derive(self, request: StreamTapsRequest, identity: Identity, stream: int) -> Derivation:
+        if not request.HasField("trace"):
+            return Derivation(TraceKind.NONE)
+        trace = request.trace
+        kind = trace.WhichOneof("trace")
+        if kind == "http_buffered_trace":
+            return self._buffered(trace, request.trace_id, identity)
+        if kind == "http_streamed_trace_segment":
+            return self._segment(trace, request.trace_id, identity, stream)
+        if kind in _SOCKET_KINDS:
+            socket = getattr(trace, kind)
+            envoy_id = socket.trace_id or request.trace_id
+            return self._fallback(TraceKind.SOCKET, SOCKET_PREFIX, envoy_id, trace)
+        return self._fallback(TraceKind.OTHER, EMPTY_PREFIX, request.trace_id, trace)
+
+    def forget_stream(self, stream: int) -> None:
+        self._segments.forget_stream(stream)
+
+    # --- per kind -----------------------------------------------------------------------
+
+    def _buffered(self, trace: TraceWrapper, envoy_id: int, identity: Identity) -> Derivation:
+        name = self._learn(trace.http_buffered_trace.request.headers, envoy_id, identity)
+        result = Derivation(TraceKind.BUFFERED)
+        result.redactions = redact_trace(trace, self._policy.redact_headers)
+        if not self._split:
+            self._add(result, name, None, trace.SerializeToString())
+            return result
+        for half, dropped in ((Half.REQUEST, "response"), (Half.RESPONSE, "request")):
+            part = TraceWrapper()
+            part.http_buffered_trace.CopyFrom(trace.http_buffered_trace)
+            part.http_buffered_trace.ClearField(dropped)
+            self._add(result, name, half, part.SerializeToString())
+        return result
+
+    def _segment(
+        self, trace: TraceWrapper, request_id: int, identity: Identity, stream: int
+    ) -> Derivation:
+        segment = trace.http_streamed_trace_segment
+        envoy_id = segment.trace_id or request_id
+        piece = segment.WhichOneof("message_piece")
+        name = self._segments.get(stream, envoy_id)
+        if name is None:
+            headers = segment.request_headers.headers if piece == "request_headers" else ()
+            name = self._learn(headers, envoy_id, identity)
+            self._segments.remember(stream, envoy_id, name)
+        result = Derivation(TraceKind.STREAMED_SEGMENT)
+        result.redactions = redact_trace(trace, self._policy.redact_headers)
+        half = None
+        if self._split:
+            half = Half.REQUEST if piece in _REQUEST_PIECES else Half.RESPONSE
+        self._add(result, name, half, trace.SerializeToString())
+        return result
+
+    def _fallback(
+        self, kind: TraceKind, prefix: str, envoy_id: int, trace: TraceWrapper
+    ) -> Derivation:
+        result = Derivation(kind)
+        self._add(result, TraceName(prefix, format(envoy_id, "x")), None, trace.SerializeToString())
+        return result
+
+    # --- shared -------------------------------------------------------------------------
+
+    def _learn(
+        self, headers: Iterable[HeaderLike], envoy_id: int, identity: Identity
+    ) -> TraceName:
+        found = find_header(headers, self._wanted)
+        trace_id = trace_id_from(found, self._policy.trace_id_headers, envoy_id)
+        prefix = prefix_for(identity.direction, authority_from(found), identity.client_namespace)
+        return TraceName(prefix, trace_id)
+
+    def _add(self, result: Derivation, name: TraceName, half: Half | None, payload: bytes) -> None:
+        stem = build_stem(name.prefix, name.trace_id, half)
+        result.sanitized += stem.sanitized
+        result.truncated += stem.truncated
+        sequence = self._sequences.next(stem.text)
+        result.files.append(PlannedFile(stem.text, sequence, payload))
+

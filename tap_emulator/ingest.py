@@ -1,0 +1,190 @@
+"""Ingest: the TapSinkService. Reads each stream, keeps its sender's identity, hands traces on.
+
+A message is *accepted* once this handler has read it off its stream. From then on it is
+owned by the writer pool: it is published even if the stream is cancelled or the server is
+shutting down. The handler answers OK only after every file its stream produced has been
+published.
+
+Requests arrive as raw bytes (no deserializer in the gRPC layer) so a malformed message is
+ours to report: it ends its own stream with INVALID_ARGUMENT, after everything the stream
+sent before it has been queued, and touches nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
+from tap_emulator.derive import Derivation, Deriver, TraceKind
+from tap_emulator.naming import UNKNOWN_NAMESPACE, Direction, Identity, identity
+from tap_emulator.observe import Metrics
+from tap_emulator.writer import Publication, WriterPool
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.tap.v3.TapSinkService"
+METHOD = "StreamTaps"
+EMPTY_RESPONSE = b""  # a serialized StreamTapsResponse has no fields
+
+
+class _Rejection(Exception):
+    """A stream we end on purpose, with the status the sender sees."""
+
+    def __init__(self, outcome: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.outcome = outcome
+        self.code = code
+        self.details = details
+
+
+class _Ledger:
+    """Counts a stream's files still to be published, so OK means 'all on disk'."""
+
+    __slots__ = ("_all_done", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self._all_done: asyncio.Future[None] | None = None
+
+    def settle(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self._all_done is not None and not self._all_done.done():
+            self._all_done.set_result(None)
+
+    async def wait(self) -> None:
+        if self.pending:
+            self._all_done = asyncio.get_running_loop().create_future()
+            await self._all_done
+
+
+def identity_of(request: StreamTapsRequest, default: Direction) -> Identity:
+    """Who sends a stream, from its first message's identifier."""
+    identifier = request.identifier
+    node = identifier.node
+    namespace_value = node.metadata.fields.get("NAMESPACE")
+    metadata_namespace = None
+    if namespace_value is not None and namespace_value.WhichOneof("kind") == "string_value":
+        metadata_namespace = namespace_value.string_value
+    return identity(identifier.tap_id, node.id, node.cluster, metadata_namespace, default)
+
+
+class TapSink:
+    """Serves StreamTaps: decode, identify, derive names, queue for the writers."""
+
+    def __init__(
+        self, deriver: Deriver, pool: WriterPool, metrics: Metrics, default_direction: Direction
+    ) -> None:
+        self._deriver = deriver
+        self._pool = pool
+        self._metrics = metrics
+        self._default_direction = default_direction
+        self._anonymous = Identity(default_direction, False, None)
+        self._stream_numbers = itertools.count(1)
+        self.closing = False
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        handler = grpc.stream_unary_rpc_method_handler(self.stream_taps)
+        return grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler})
+
+    async def stream_taps(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        stream = next(self._stream_numbers)
+        metrics = self._metrics
+        metrics.streams_opened.inc()
+        metrics.streams_open.inc()
+        outcome = "internal"
+        peer = context.peer()
+        log.debug("stream %d opened by %s", stream, peer)
+        try:
+            await self._serve_stream(stream, requests)
+            outcome = "ok"
+            return EMPTY_RESPONSE
+        except _Rejection as rejection:
+            outcome = rejection.outcome
+            await context.abort(rejection.code, rejection.details)
+            raise  # abort() raises; this line only satisfies the type checker
+        except asyncio.CancelledError:
+            outcome = "shutdown" if self.closing else "cancelled"
+            raise
+        except Exception:
+            log.exception("stream %d from %s failed unexpectedly", stream, peer)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in tap-emulator")
+            raise
+        finally:
+            self._deriver.forget_stream(stream)
+            metrics.streams_open.dec()
+            metrics.streams_ended[outcome].inc()
+            log.debug("stream %d from %s ended: %s", stream, peer, outcome)
+
+    async def _serve_stream(self, stream: int, requests: AsyncIterator[bytes]) -> None:
+        metrics = self._metrics
+        pool = self._pool
+        ledger = _Ledger()
+        sender = self._anonymous
+        identified = False
+        index = 0
+        async for raw in requests:
+            arrived = time.monotonic()
+            index += 1
+            try:
+                request = StreamTapsRequest.FromString(raw)
+            except DecodeError as exc:
+                metrics.messages_rejected["decode"].inc()
+                raise _Rejection(
+                    "invalid_argument",
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"message {index} on this stream is not an envoy.service.tap.v3."
+                    f"StreamTapsRequest ({exc}); the {index - 1} before it were accepted",
+                ) from exc
+            if not identified:
+                identified = request.HasField("identifier")
+                sender = self._identify(request, stream, first=index == 1)
+            derivation = self._deriver.derive(request, sender, stream)
+            self._count(derivation, sender, len(raw))
+            for planned in derivation.files:
+                ledger.pending += 1
+                publication = Publication(
+                    planned.stem, planned.sequence, planned.payload, arrived, ledger.settle
+                )
+                if not pool.try_put(publication):
+                    await pool.put(publication)
+        await ledger.wait()
+
+    def _identify(self, request: StreamTapsRequest, stream: int, *, first: bool) -> Identity:
+        if not request.HasField("identifier"):
+            if first:
+                self._metrics.streams_without_identifier.inc()
+                log.debug("stream %d sent no identifier first; using defaults", stream)
+            return self._anonymous
+        sender = identity_of(request, self._default_direction)
+        if not sender.direction_known:
+            self._metrics.streams_unknown_direction.inc()
+        log.debug(
+            "stream %d is %s from namespace %s",
+            stream,
+            sender.direction.value,
+            sender.client_namespace or UNKNOWN_NAMESPACE,
+        )
+        return sender
+
+    def _count(self, derivation: Derivation, sender: Identity, size: int) -> None:
+        metrics = self._metrics
+        metrics.messages_received[derivation.kind.value, sender.direction.value].inc()
+        metrics.received_bytes.inc(size)
+        if derivation.sanitized:
+            metrics.names_sanitized.inc(derivation.sanitized)
+        if derivation.truncated:
+            metrics.names_truncated.inc(derivation.truncated)
+        if derivation.redactions:
+            metrics.redactions.inc(derivation.redactions)
+        if derivation.kind is TraceKind.SOCKET or derivation.kind is TraceKind.OTHER:
+            metrics.fallback_names[derivation.kind.value].inc(len(derivation.files))
+

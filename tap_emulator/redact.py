@@ -1,0 +1,55 @@
+"""Derive: replace the values of sensitive headers before a trace reaches the disk.
+
+The header stays (so a reader sees that it was sent), only its value is replaced. Both
+`value` and `raw_value` are covered: Envoy fills `value`, but any client of our port can set
+either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
+from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
+
+REDACTED = "REDACTED"
+_REDACTED_BYTES = REDACTED.encode()
+DEFAULT_REDACT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie")
+
+_SEGMENT_HEADER_PIECES = frozenset(
+    {"request_headers", "request_trailers", "response_headers", "response_trailers"}
+)
+
+
+def _redact_headers(headers: Iterable[HeaderValue], names: frozenset[str]) -> int:
+    replaced = 0
+    for header in headers:
+        if header.key.lower() not in names:
+            continue
+        if header.value:
+            header.value = REDACTED
+            replaced += 1
+        if header.raw_value:
+            header.raw_value = _REDACTED_BYTES
+            replaced += 1
+    return replaced
+
+
+def redact_trace(trace: TraceWrapper, names: frozenset[str]) -> int:
+    """Redact `trace` in place; returns how many values were replaced."""
+    if not names:
+        return 0
+    kind = trace.WhichOneof("trace")
+    if kind == "http_buffered_trace":
+        buffered = trace.http_buffered_trace
+        replaced = 0
+        for message in (buffered.request, buffered.response):
+            replaced += _redact_headers(message.headers, names)
+            replaced += _redact_headers(message.trailers, names)
+        return replaced
+    if kind == "http_streamed_trace_segment":
+        segment = trace.http_streamed_trace_segment
+        piece = segment.WhichOneof("message_piece")
+        if piece in _SEGMENT_HEADER_PIECES:
+            return _redact_headers(getattr(segment, piece).headers, names)
+    return 0

@@ -1,0 +1,1 @@
+"""Tools built on the emulator's pieces: inspect (and, later, relay and replay)."""

@@ -1,0 +1,406 @@
+"""Write: a bounded queue, batched writer tasks and atomic, never-overwriting publication.
+
+The queue is bounded in files and in bytes, counting files being written until they are
+published. When it is full, `put` waits: the stream handler stops reading, HTTP/2 flow
+control pushes back on the sender, memory stays bounded and nothing is dropped.
+
+Writer tasks take up to `batch_max_items` files at a time and publish the batch in one
+executor call (one thread hop per batch, not per file; see docs/measurements/writers.md).
+Each file is published by:
+1. creating `.tap-emulator-tmp-<pid>-<n>` with O_EXCL|O_NOFOLLOW relative to a directory fd
+   opened once at start, writing it completely (and fsyncing it, if asked);
+2. `link`ing it to its final name, which fails with EEXIST instead of overwriting: the
+   file then takes the next free sequence number;
+3. unlinking the temporary name.
+A reader therefore never sees a partial file, and names never contain `/` (see naming.py),
+so nothing can land outside the directory. Temporary files left by a crash are removed at
+start; nothing else in the directory is ever touched.
+
+A failed publish (disk full, read-only volume, I/O error) is counted and retried with
+capped exponential backoff while the queue fills and backpressure holds the senders; the
+pool reports itself unhealthy until a publish succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tap_emulator.observe import Metrics
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tap-emulator-tmp-"
+SUFFIX = ".pb"
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_ERROR_REASONS = {
+    errno.ENOSPC: "enospc",
+    errno.EDQUOT: "edquot",
+    errno.EFBIG: "efbig",
+    errno.EIO: "eio",
+    errno.EROFS: "erofs",
+    errno.EACCES: "eacces",
+    errno.EPERM: "eacces",
+}
+
+
+class OutputDirError(Exception):
+    """The output directory cannot be used; raised at start with the path and a remedy."""
+
+
+@dataclass(slots=True)
+class Publication:
+    """One file to publish as `<stem>-<sequence>.pb` (or the next free number)."""
+
+    stem: str
+    sequence: int
+    payload: bytes
+    arrived: float = field(default_factory=time.monotonic)
+    done: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchResult:
+    published: int
+    collisions: int
+    error: OSError | None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriterPool:
+    """Publishes files into one directory, `writers` batches at a time."""
+
+    def __init__(
+        self,
+        directory: Path,
+        metrics: Metrics,
+        *,
+        writers: int = 2,
+        batch_max_items: int = 64,
+        max_items: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        fsync: bool = False,
+        file_mode: int = 0o640,
+        retry_initial_seconds: float = 0.05,
+        retry_max_seconds: float = 5.0,
+    ) -> None:
+        self.directory = directory
+        self._metrics = metrics
+        self._writers = writers
+        self._batch_max_items = batch_max_items
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._fsync = fsync
+        self._file_mode = file_mode
+        self._retry_initial = retry_initial_seconds
+        self._retry_max = retry_max_seconds
+
+        self._dir_fd: int | None = None
+        self._needs_chmod = False
+        self._temp_names = itertools.count()
+        self._pending: deque[Publication] = deque()
+        self._waiters: deque[tuple[Publication, asyncio.Future[None]]] = deque()
+        self._items = 0
+        self._bytes = 0
+        self._work = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self.failing: OSError | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> int:
+        """Open (creating if needed) the directory and sweep stale temporaries; returns how
+        many were removed. Raises OutputDirError with a remedy when the directory is unusable."""
+        try:
+            self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+            self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OutputDirError(
+                f"output dir {self.directory} cannot be opened ({errno.errorcode.get(exc.errno or 0, exc)}): "
+                "check the path and the volume mount"
+            ) from exc
+        umask = os.umask(0)
+        os.umask(umask)
+        self._needs_chmod = bool(self._file_mode & umask)
+        removed = self._sweep_temporaries()
+        problem = self.probe_writable()
+        if problem is not None:
+            raise OutputDirError(
+                f"output dir {self.directory} is not writable ({problem}): "
+                "check the volume mount and its permissions"
+            )
+        return removed
+
+    async def start(self) -> None:
+        if self._dir_fd is None:
+            self.open()
+        self._executor = ThreadPoolExecutor(self._writers, thread_name_prefix="tap-writer")
+        self._metrics.watch_queue(
+            lambda: self._items, lambda: self._bytes, self.max_items, self.max_bytes
+        )
+        self._tasks = [
+            asyncio.create_task(self._run_writer(), name=f"tap-writer-{n}")
+            for n in range(self._writers)
+        ]
+
+    async def drain(self, timeout: float) -> int:
+        """Wait until every accepted file is published; returns how many were not."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        return self.unpublished
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    @property
+    def unpublished(self) -> int:
+        """Accepted files not yet published: queued, being written, or waiting for room."""
+        return self._items + len(self._waiters)
+
+    # --- accepting ----------------------------------------------------------------------
+
+    def _has_room(self, size: int) -> bool:
+        if self._items == 0:
+            return True  # an oversized file is admitted alone rather than never
+        return self._items < self.max_items and self._bytes + size <= self.max_bytes
+
+    def try_put(self, publication: Publication) -> bool:
+        """Queue without waiting if there is room and nobody is waiting ahead of us."""
+        if self._waiters or not self._has_room(len(publication.payload)):
+            return False
+        self._admit(publication)
+        return True
+
+    async def put(self, publication: Publication) -> None:
+        """Queue a file, waiting (in arrival order) while the queue is full.
+
+        Once called, the file is owned by the pool even if the caller is cancelled while
+        waiting: it is queued as soon as there is room, and counted by `unpublished`.
+        """
+        if self.try_put(publication):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((publication, waiter))
+        self._idle.clear()
+        started = time.monotonic()
+        try:
+            await asyncio.shield(waiter)
+        finally:
+            self._metrics.backpressure.inc(time.monotonic() - started)
+
+    def _admit(self, publication: Publication) -> None:
+        self._pending.append(publication)
+        self._items += 1
+        self._bytes += len(publication.payload)
+        self._idle.clear()
+        self._work.set()
+
+    def _release(self, publication: Publication) -> None:
+        self._items -= 1
+        self._bytes -= len(publication.payload)
+        waiters = self._waiters
+        while waiters and self._has_room(len(waiters[0][0].payload)):
+            waiting, waiter = waiters.popleft()
+            self._admit(waiting)
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._items == 0 and not waiters:
+            self._idle.set()
+
+    # --- writing ------------------------------------------------------------------------
+
+    async def _run_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = self._retry_initial
+        while True:
+            if not self._pending:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            batch = [
+                self._pending.popleft()
+                for _ in range(min(self._batch_max_items, len(self._pending)))
+            ]
+            result = await loop.run_in_executor(self._executor, self._publish_batch, batch)
+            self._settle(batch[: result.published])
+            if result.collisions:
+                self._metrics.sequence_collisions.inc(result.collisions)
+            if result.error is None:
+                self.failing = None
+                backoff = self._retry_initial
+                continue
+            self._pending.extendleft(reversed(batch[result.published :]))
+            self._record_failure(result.error)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._retry_max)
+
+    def _settle(self, published: list[Publication]) -> None:
+        now = time.monotonic()
+        metrics = self._metrics
+        for publication in published:
+            metrics.publish_latency.observe(now - publication.arrived)
+            metrics.written_bytes.inc(len(publication.payload))
+            self._release(publication)
+            if publication.done is not None:
+                publication.done()
+        metrics.files_written.inc(len(published))
+
+    def _record_failure(self, error: OSError) -> None:
+        reason = _ERROR_REASONS.get(error.errno or 0, "other")
+        self._metrics.write_errors[reason].inc()
+        if self.failing is None or self.failing.errno != error.errno:
+            log.error(
+                "cannot publish in %s (%s: %s); retrying while senders are held back",
+                self.directory,
+                reason,
+                error.strerror,
+            )
+        self.failing = error
+
+    # --- in the executor: plain blocking syscalls ---------------------------------------
+
+    def _publish_batch(self, batch: list[Publication]) -> _BatchResult:
+        collisions = 0
+        for index, publication in enumerate(batch):
+            try:
+                collisions += self._publish(publication)
+            except OSError as exc:
+                return _BatchResult(index, collisions, exc)
+        if self._fsync and batch:
+            try:
+                os.fsync(self._fd())
+            except OSError as exc:
+                return _BatchResult(len(batch), collisions, exc)
+        return _BatchResult(len(batch), collisions, None)
+
+    def _publish(self, publication: Publication) -> int:
+        """Publish one file; returns how many taken names it had to skip."""
+        dir_fd = self._fd()
+        temp = f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_names)}"
+        fd = os.open(temp, _OPEN_FLAGS, self._file_mode, dir_fd=dir_fd)
+        try:
+            try:
+                if self._needs_chmod:
+                    os.fchmod(fd, self._file_mode)
+                view = memoryview(publication.payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            return self._link_free(temp, publication)
+        finally:
+            os.unlink(temp, dir_fd=dir_fd)
+
+    def _link_free(self, temp: str, publication: Publication) -> int:
+        dir_fd = self._fd()
+        sequence = publication.sequence
+        skipped = 0
+        while True:
+            try:
+                os.link(temp, f"{publication.stem}-{sequence}{SUFFIX}", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except FileExistsError:
+                skipped += 1
+                sequence = max(sequence, self.highest_published(publication.stem)) + 1
+                continue
+            publication.sequence = sequence
+            return skipped
+
+    # --- the directory ------------------------------------------------------------------
+
+    def _fd(self) -> int:
+        if self._dir_fd is None:
+            raise RuntimeError("WriterPool.open() was not called")
+        return self._dir_fd
+
+    def _exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self._fd(), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def highest_published(self, stem: str) -> int:
+        """The highest n with `<stem>-1..n.pb` all on disk: O(log n) lookups, no scan.
+
+        Sequences are published contiguously from 1, so a galloping search finds the end of
+        the run; a gap (a file deleted by hand) can only make the answer lower, and the
+        final link's EEXIST check still keeps every existing file intact.
+        """
+        if not self._exists(f"{stem}-1{SUFFIX}"):
+            return 0
+        low, high = 1, 2
+        while self._exists(f"{stem}-{high}{SUFFIX}"):
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self._exists(f"{stem}-{middle}{SUFFIX}"):
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def probe_writable(self) -> str | None:
+        """Try to create and remove a temporary file; None if that works, else why not."""
+        dir_fd = self._fd()
+        temp = f"{TEMP_PREFIX}{os.getpid()}-probe"
+        try:
+            fd = os.open(temp, _OPEN_FLAGS, self._file_mode, dir_fd=dir_fd)
+            os.close(fd)
+            os.unlink(temp, dir_fd=dir_fd)
+        except OSError as exc:
+            return f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror}"
+        return None
+
+    def _sweep_temporaries(self) -> int:
+        """Remove temporaries left by dead processes (ours only, by prefix)."""
+        removed = 0
+        own_pid = os.getpid()
+        with os.scandir(self._fd()) as entries:
+            names = [entry.name for entry in entries if entry.name.startswith(TEMP_PREFIX)]
+        for name in names:
+            pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
+            pid = int(pid_text) if pid_text.isdigit() else own_pid
+            if pid != own_pid and _pid_alive(pid):
+                continue  # another live emulator shares this directory
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._fd())
+                removed += 1
+        if removed:
+            log.info("removed %d temporary files left by an earlier run in %s", removed, self.directory)
+        return removed
