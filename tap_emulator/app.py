@@ -186,15 +186,19 @@ async def stop(emulator: Emulator) -> int:
     remaining_time = max(0.0, settings.drain_timeout_seconds - (time.monotonic() - started))
     unwritten = await emulator.pool.drain(remaining_time)
     await emulator.http.close()
+    totals = (
+        f"accepted {emulator.sink.accepted} messages, published {emulator.pool.published} files"
+    )
     if unwritten:
         log.error(
-            "drain timed out after %.1fs: %d accepted files were not written",
+            "drain timed out after %.1fs: %s; %d accepted files were not written",
             settings.drain_timeout_seconds,
+            totals,
             unwritten,
         )
         return 1
     await emulator.pool.close()
-    log.info("stopped cleanly in %.2fs", time.monotonic() - started)
+    log.info("stopped cleanly in %.2fs: %s", time.monotonic() - started, totals)
     return 0
 
 

@@ -88,6 +88,7 @@ class TapSink:
         self._anonymous = Identity(default_direction, False, None)
         self._stream_numbers = itertools.count(1)
         self.closing = False
+        self.accepted = 0
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         handler = grpc.stream_unary_rpc_method_handler(self.stream_taps)
@@ -134,6 +135,7 @@ class TapSink:
         async for raw in requests:
             arrived = time.monotonic()
             index += 1
+            self.accepted += 1
             try:
                 request = StreamTapsRequest.FromString(raw)
             except DecodeError as exc:

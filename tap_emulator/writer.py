@@ -127,6 +127,7 @@ class WriterPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._executor: ThreadPoolExecutor | None = None
         self.failing: OSError | None = None
+        self.published = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -278,6 +279,7 @@ class WriterPool:
             if publication.done is not None:
                 publication.done()
         metrics.files_written.inc(len(published))
+        self.published += len(published)
 
     def _record_failure(self, error: OSError) -> None:
         reason = _ERROR_REASONS.get(error.errno or 0, "other")

@@ -18,11 +18,17 @@ import serverkit
 from serverkit import Counters
 
 
-def server_options(*, bdp_probe: bool) -> list[tuple[str, int]]:
-    """Channel arguments of the server: the receive limit, and BDP probing off unless asked."""
+def server_options(*, bdp_probe: bool, extra: list[str]) -> list[tuple[str, int]]:
+    """Channel arguments: the receive limit, BDP probing off unless asked, then ``extra``.
+
+    ``extra`` holds ``NAME=INTEGER`` strings from ``--option``.
+    """
     options = [("grpc.max_receive_message_length", serverkit.MAX_MESSAGE_BYTES)]
     if not bdp_probe:
         options.append(("grpc.http2.bdp_probe", 0))
+    for item in extra:
+        name, _, value = item.partition("=")
+        options.append((name, int(value)))
     return options
 
 
@@ -56,7 +62,7 @@ def make_handler(
 async def serve(args: argparse.Namespace) -> None:
     """Serve until stopped, then print the final counters."""
     counters = Counters()
-    server = grpc.aio.server(options=server_options(bdp_probe=args.bdp_probe == "on"))
+    server = grpc.aio.server(options=server_options(bdp_probe=args.bdp_probe == "on", extra=args.option))
     server.add_generic_rpc_handlers(
         [make_handler(counters, serverkit.message_parser(args.parse), stall=args.stall)]
     )
@@ -78,6 +84,13 @@ def main() -> None:
         choices=("off", "on"),
         default="off",
         help="'on' keeps gRPC's default HTTP/2 BDP probing (unbounded under stall)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=INTEGER",
+        help="an extra integer channel argument, e.g. grpc.http2.lookahead_bytes=1048576",
     )
     args = parser.parse_args()
     serverkit.run(lambda: serve(args), args.loop)

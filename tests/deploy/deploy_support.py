@@ -54,9 +54,17 @@ def find_envoy() -> Path | None:
     return Path(found) if found else None
 
 
-def run(argv: Iterable[str | Path], *, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Iterable[str | Path], *, cwd: Path = REPO, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        [str(a) for a in argv],
+        cwd=cwd,
+        env={**os.environ, **env} if env else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -1,0 +1,330 @@
+"""The tap-emulator chart: what `helm install pi2-analysis-emulator` puts in analysis-emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from deploy_support import (
+    EMULATOR_CHART,
+    EMULATOR_NAMESPACE,
+    EMULATOR_RELEASE,
+    EXAMPLES,
+    Helm,
+    Obj,
+    Rendered,
+)
+
+KUBERNETES_VERSION = "1.30"
+
+# The settings `tap-emulator serve` reads (the emulator's settings contract).
+SERVE_SETTINGS = {
+    "listen",
+    "metrics_listen",
+    "output_dir",
+    "writers",
+    "writer_batch_max_items",
+    "queue_max_items",
+    "queue_max_bytes",
+    "fsync",
+    "file_mode",
+    "name_format",
+    "trace_id_headers",
+    "redact_headers",
+    "default_direction",
+    "max_message_bytes",
+    "max_concurrent_streams",
+    "correlation_max_entries",
+    "correlation_idle_seconds",
+    "drain_timeout_seconds",
+    "log_level",
+    "log_format",
+    "retention_max_bytes",
+    "retention_max_files",
+}
+
+
+def settings(rendered: Rendered) -> dict[str, Any]:
+    config_map = rendered.one("ConfigMap")
+    loaded = yaml.safe_load(config_map["data"]["config.yaml"])
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def pod_spec(rendered: Rendered) -> Obj:
+    spec: Obj = rendered.one("Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(rendered: Rendered) -> Obj:
+    (only,) = pod_spec(rendered)["containers"]
+    assert isinstance(only, dict)
+    return only
+
+
+def port_number(rendered: Rendered, name: str) -> int:
+    (port,) = [p for p in container(rendered)["ports"] if p["name"] == name]
+    number = port["containerPort"]
+    assert isinstance(number, int)
+    return number
+
+
+def render(helm: Helm, values: dict[str, Any]) -> Rendered:
+    return helm.template(EMULATOR_CHART, EMULATOR_RELEASE, EMULATOR_NAMESPACE, values)
+
+
+def test_chart_passes_helm_lint(helm: Helm) -> None:
+    done = helm.lint(EMULATOR_CHART, EMULATOR_NAMESPACE)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_default_render_is_a_deployment_service_configmap_and_service_account(
+    emulator: Rendered,
+) -> None:
+    kinds = sorted(o["kind"] for o in emulator.objects)
+    assert kinds == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+
+
+def test_every_object_is_in_the_release_namespace(emulator: Rendered) -> None:
+    assert {o["metadata"]["namespace"] for o in emulator.objects} == {EMULATOR_NAMESPACE}
+
+
+def test_every_object_validates_against_the_kubernetes_schema(emulator: Rendered) -> None:
+    for obj in emulator.objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_service_is_named_tap_emulator_so_the_filter_default_fqdn_reaches_it(
+    emulator: Rendered,
+) -> None:
+    assert emulator.one("Service")["metadata"]["name"] == "tap-emulator"
+
+
+def test_service_grpc_port_9000_is_detected_as_grpc_by_istio(emulator: Rendered) -> None:
+    (grpc,) = [p for p in emulator.one("Service")["spec"]["ports"] if p["port"] == 9000]
+    assert grpc["name"].startswith("grpc")
+    assert grpc["appProtocol"] == "grpc"
+    assert grpc["targetPort"] == "grpc"
+
+
+def test_service_exposes_metrics_port_9090(emulator: Rendered) -> None:
+    (metrics,) = [p for p in emulator.one("Service")["spec"]["ports"] if p["port"] == 9090]
+    assert metrics["targetPort"] == "metrics"
+
+
+def test_service_selects_the_deployment_pods(emulator: Rendered) -> None:
+    selector = emulator.one("Service")["spec"]["selector"]
+    pod_labels = emulator.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert selector == emulator.one("Deployment")["spec"]["selector"]["matchLabels"]
+
+
+def test_pod_carries_prometheus_scrape_annotations_for_the_metrics_port(
+    emulator: Rendered,
+) -> None:
+    annotations = emulator.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9090"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_service_monitor_is_rendered_only_when_enabled(helm: Helm, emulator: Rendered) -> None:
+    assert emulator.of_kind("ServiceMonitor") == []
+    rendered = render(helm, {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}})
+    monitor = rendered.one("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http-metrics"
+    assert endpoint["path"] == "/metrics"
+    service_labels = rendered.one("Service")["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
+
+
+def test_container_runs_as_non_root_uid_65532(emulator: Rendered) -> None:
+    pod = pod_spec(emulator)["securityContext"]
+    own = container(emulator)["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert own["runAsNonRoot"] is True
+    assert pod["runAsUser"] == own["runAsUser"] == 65532
+
+
+def test_container_has_read_only_root_and_no_capabilities_or_escalation(
+    emulator: Rendered,
+) -> None:
+    own = container(emulator)["securityContext"]
+    assert own["readOnlyRootFilesystem"] is True
+    assert own["allowPrivilegeEscalation"] is False
+    assert own["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in own["capabilities"]
+
+
+def test_pod_uses_the_runtime_default_seccomp_profile(emulator: Rendered) -> None:
+    assert pod_spec(emulator)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_service_account_token_is_not_mounted(emulator: Rendered) -> None:
+    assert pod_spec(emulator)["automountServiceAccountToken"] is False
+    assert emulator.one("ServiceAccount")["automountServiceAccountToken"] is False
+    assert pod_spec(emulator)["serviceAccountName"] == (
+        emulator.one("ServiceAccount")["metadata"]["name"]
+    )
+
+
+def test_output_dir_is_an_emptydir_with_a_size_limit(emulator: Rendered) -> None:
+    (mount,) = [m for m in container(emulator)["volumeMounts"] if m["name"] == "output"]
+    (volume,) = [v for v in pod_spec(emulator)["volumes"] if v["name"] == "output"]
+    assert mount["mountPath"] == settings(emulator)["output_dir"] == "/tmp"
+    assert volume["emptyDir"]["sizeLimit"] == "1024Mi"
+
+
+def test_output_mount_follows_output_dir(helm: Helm) -> None:
+    rendered = render(helm, {"config": {"output_dir": "/var/lib/tap-emulator"}})
+    (mount,) = [m for m in container(rendered)["volumeMounts"] if m["name"] == "output"]
+    assert mount["mountPath"] == "/var/lib/tap-emulator"
+
+
+def test_retention_cap_defaults_below_the_emptydir_size_limit(emulator: Rendered) -> None:
+    cap = settings(emulator)["retention_max_bytes"]
+    assert 0 < cap < 1024 * 1024 * 1024
+    assert cap == 1024 * 1024 * 1024 * 80 // 100
+
+
+def test_retention_cap_follows_a_changed_size_limit(helm: Helm) -> None:
+    rendered = render(helm, {"output": {"sizeLimitMiB": 100, "retentionPercent": 50}})
+    assert settings(rendered)["retention_max_bytes"] == 50 * 1024 * 1024
+
+
+def test_retention_cap_at_the_size_limit_fails_with_the_eviction_reason(helm: Helm) -> None:
+    error = helm.template_error(
+        EMULATOR_CHART,
+        EMULATOR_RELEASE,
+        EMULATOR_NAMESPACE,
+        {"output": {"sizeLimitMiB": 1}, "config": {"retention_max_bytes": 1048576}},
+    )
+    assert "retention_max_bytes" in error
+    assert "evicts" in error
+
+
+def test_retention_cap_of_zero_is_refused_because_the_volume_would_fill(helm: Helm) -> None:
+    error = helm.template_error(
+        EMULATOR_CHART, EMULATOR_RELEASE, EMULATOR_NAMESPACE, {"config": {"retention_max_bytes": 0}}
+    )
+    assert "must be above 0" in error
+
+
+def test_termination_grace_exceeds_the_drain_timeout(emulator: Rendered) -> None:
+    grace = pod_spec(emulator)["terminationGracePeriodSeconds"]
+    assert grace > settings(emulator)["drain_timeout_seconds"]
+
+
+def test_termination_grace_is_derived_from_the_drain_timeout(helm: Helm) -> None:
+    rendered = render(helm, {"config": {"drain_timeout_seconds": 45}})
+    assert settings(rendered)["drain_timeout_seconds"] == 45
+    assert pod_spec(rendered)["terminationGracePeriodSeconds"] == 55
+
+
+def test_probes_check_healthz_and_readyz_on_the_metrics_port(emulator: Rendered) -> None:
+    own = container(emulator)
+    assert own["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert own["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_container_has_cpu_and_memory_requests_and_limits(emulator: Rendered) -> None:
+    resources = container(emulator)["resources"]
+    for kind in ("requests", "limits"):
+        assert set(resources[kind]) == {"cpu", "memory"}
+
+
+def test_container_runs_serve_with_the_mounted_settings_file(emulator: Rendered) -> None:
+    own = container(emulator)
+    assert own["args"] == ["serve", "--config", "/etc/tap-emulator/config.yaml"]
+    (mount,) = [m for m in own["volumeMounts"] if m["name"] == "config"]
+    assert mount["mountPath"] == "/etc/tap-emulator/config.yaml"
+    assert mount["readOnly"] is True
+
+
+def test_settings_file_holds_every_serve_setting(emulator: Rendered) -> None:
+    assert set(settings(emulator)) == SERVE_SETTINGS
+
+
+def test_settings_file_keeps_integers_and_octal_string_types(emulator: Rendered) -> None:
+    loaded = settings(emulator)
+    assert loaded["queue_max_bytes"] == 67108864
+    assert type(loaded["queue_max_bytes"]) is int
+    assert loaded["file_mode"] == "0640"
+    assert loaded["fsync"] is False
+    assert loaded["trace_id_headers"][0] == "x-b3-traceid"
+
+
+def test_a_config_value_reaches_the_settings_file(helm: Helm) -> None:
+    rendered = render(helm, {"config": {"writers": 8, "name_format": "req_res"}})
+    assert settings(rendered)["writers"] == 8
+    assert settings(rendered)["name_format"] == "req_res"
+
+
+def test_changed_settings_change_the_pod_template_checksum(
+    helm: Helm, emulator: Rendered
+) -> None:
+    rendered = render(helm, {"config": {"writers": 8}})
+
+    def checksum(r: Rendered) -> str:
+        value = r.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return str(value["checksum/config"])
+
+    assert checksum(rendered) != checksum(emulator)
+
+
+def test_container_ports_follow_the_listen_addresses(helm: Helm) -> None:
+    rendered = render(
+        helm, {"config": {"listen": "0.0.0.0:9443", "metrics_listen": "0.0.0.0:9091"}}
+    )
+    assert port_number(rendered, "grpc") == 9443
+    assert port_number(rendered, "metrics") == 9091
+    service_ports = {p["port"] for p in rendered.one("Service")["spec"]["ports"]}
+    assert service_ports == {9000, 9090}
+
+
+def test_image_digest_replaces_the_tag(helm: Helm, emulator: Rendered) -> None:
+    assert container(emulator)["image"] == "tap-emulator:0.1.0"
+    digest = "sha256:" + "a" * 64
+    rendered = render(helm, {"image": {"repository": "registry.example/tap-emulator", "digest": digest}})
+    assert container(rendered)["image"] == f"registry.example/tap-emulator@{digest}"
+
+
+def test_network_policy_is_rendered_only_when_enabled(helm: Helm, emulator: Rendered) -> None:
+    assert emulator.of_kind("NetworkPolicy") == []
+    rendered = render(helm, {"networkPolicy": {"enabled": True}})
+    policy = rendered.one("NetworkPolicy")
+    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+    ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert ports == ["grpc", "metrics"]
+
+
+def test_tls_secret_is_mounted_and_named_in_the_settings(helm: Helm) -> None:
+    rendered = helm.template(
+        EMULATOR_CHART,
+        EMULATOR_RELEASE,
+        EMULATOR_NAMESPACE,
+        values_file=EXAMPLES / "emulator-tls-values.yaml",
+    )
+    loaded = settings(rendered)
+    assert loaded["tls_cert_file"] == "/etc/tap-emulator/tls/tls.crt"
+    assert loaded["tls_key_file"] == "/etc/tap-emulator/tls/tls.key"
+    assert loaded["tls_client_ca_file"] == "/etc/tap-emulator/tls/ca.crt"
+    (volume,) = [v for v in pod_spec(rendered)["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "tap-emulator-tls"
+    for obj in rendered.objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("extra", [0, -5])
+def test_grace_margin_below_one_second_is_refused(helm: Helm, extra: int) -> None:
+    error = helm.template_error(
+        EMULATOR_CHART,
+        EMULATOR_RELEASE,
+        EMULATOR_NAMESPACE,
+        {"terminationGraceExtraSeconds": extra},
+    )
+    assert "terminationGraceExtraSeconds" in error
