@@ -54,6 +54,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -151,6 +152,9 @@ class Sample:
     seconds: float
     files_per_s: float
     cpu_us_per_file: float
+    sys_us_per_file: float
+    foreign_cores: float  # CPU used by other processes during the run, in cores
+    waited_s: float  # time spent waiting for the machine to be quiet before the run
     latency_ms: dict[str, float] = field(default_factory=dict)
     loop_lag_ms: dict[str, float] = field(default_factory=dict)
     target_rate: float = 0.0
@@ -408,6 +412,20 @@ def percentiles(values: Sequence[float], scale: float) -> dict[str, float]:
     return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": round(ordered[-1] * scale, 3)}
 
 
+def machine_ticks() -> tuple[int, int]:
+    """Busy and total CPU ticks of the whole machine, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def is_clean(sample: Sample, threshold: float) -> bool:
+    return sample.foreign_cores <= threshold
+
+
 class Bench:
     """Holds options and accumulates samples."""
 
@@ -415,6 +433,7 @@ class Bench:
         self.args = args
         self.samples: list[Sample] = []
         self.counter = 0
+        self.quiet_budget: float = args.quiet_budget
         self.items: dict[tuple[int, int], list[Item]] = {}
 
     def items_for(self, n: int, size: int) -> list[Item]:
@@ -422,6 +441,20 @@ class Bench:
         if key not in self.items:
             self.items[key] = make_items(n, size)
         return self.items[key]
+
+    def wait_quiet(self) -> float:
+        """Wait (within the budgets) until other processes use little CPU."""
+        waited = 0.0
+        while True:
+            b0, _ = machine_ticks()
+            time.sleep(0.05)
+            b1, _ = machine_ticks()
+            foreign = (b1 - b0) / CLK_TCK / 0.05
+            if foreign <= self.args.foreign_threshold or waited >= 3.0 or self.quiet_budget <= 0:
+                return round(waited, 2)
+            time.sleep(0.25)
+            waited += 0.3
+            self.quiet_budget -= 0.3
 
     def run(
         self,
@@ -447,11 +480,14 @@ class Bench:
         lag: list[float] | None = [] if latency else None
         try:
             gc.collect()
+            waited = self.wait_quiet()
             ru0 = resource.getrusage(resource.RUSAGE_SELF)
+            busy0, _ = machine_ticks()
             t0 = time.perf_counter()
             with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
                 runner.run(drive(ctx, items, self.args.queue, load, enqueued, lag))
             seconds = time.perf_counter() - t0
+            busy1, _ = machine_ticks()
             ru1 = resource.getrusage(resource.RUSAGE_SELF)
             names = os.listdir(dfd)
             if len(names) != n or any(name.startswith(TEMP_PREFIX) for name in names):
@@ -461,7 +497,9 @@ class Bench:
         finally:
             os.close(dfd)
             shutil.rmtree(run_dir, ignore_errors=True)
-        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        sys_cpu = ru1.ru_stime - ru0.ru_stime
+        cpu = (ru1.ru_utime - ru0.ru_utime) + sys_cpu
+        foreign = max(0.0, ((busy1 - busy0) / CLK_TCK - cpu) / seconds)
         sample = Sample(
             phase=phase,
             fs=fs,
@@ -473,6 +511,9 @@ class Bench:
             seconds=round(seconds, 4),
             files_per_s=round(n / seconds, 1),
             cpu_us_per_file=round(cpu / n * 1e6, 2),
+            sys_us_per_file=round(sys_cpu / n * 1e6, 2),
+            foreign_cores=round(foreign, 2),
+            waited_s=waited,
             target_rate=round(rate, 1),
         )
         if latency and ctx.published is not None and enqueued is not None and lag is not None:
@@ -482,19 +523,25 @@ class Bench:
         extra = f" lat p50={sample.latency_ms.get('p50')} p99={sample.latency_ms.get('p99')} ms" if latency else ""
         print(
             f"  [{phase[:4]} {fs} {size:>5}B rep{rep} {loop:7}] {spec.label:34} {sample.files_per_s:>10,.0f} files/s"
-            f" {sample.cpu_us_per_file:>7.1f} us-cpu/file{extra}",
+            f" {sample.cpu_us_per_file:>7.1f} us-cpu/file (sys {sample.sys_us_per_file:.1f})"
+            f" others {sample.foreign_cores:.2f} cores{extra}",
             flush=True,
         )
         return sample
 
     def median(self, fs: str, size: int, label: str) -> float:
         """Median phase-1 throughput of one configuration (0 if not measured)."""
-        values = [
-            s.files_per_s
-            for s in self.samples
-            if s.phase == "throughput" and s.fs == fs and s.size == size and s.strategy == label
+        group = [
+            s for s in self.samples if s.phase == "throughput" and s.fs == fs and s.size == size and s.strategy == label
         ]
+        values = [s.files_per_s for s in clean_or_all(group, self.args.foreign_threshold)]
         return statistics.median(values) if values else 0.0
+
+
+def clean_or_all(group: list[Sample], threshold: float) -> list[Sample]:
+    """The runs not disturbed by other processes, or all runs if none was clean."""
+    clean = [s for s in group if is_clean(s, threshold)]
+    return clean or group
 
 
 # --------------------------------------------------------------------------
@@ -617,6 +664,8 @@ def fsync_specs() -> list[Spec]:
 
 
 def rotate(seq: Sequence[Spec], k: int) -> list[Spec]:
+    if not seq:
+        return []
     k %= len(seq)
     return list(seq[k:]) + list(seq[:k])
 
@@ -624,7 +673,12 @@ def rotate(seq: Sequence[Spec], k: int) -> list[Spec]:
 def run_phases(bench: Bench, targets: list[tuple[str, Path, bool]]) -> dict[str, Any]:
     args = bench.args
     sizes = [(SMALL_SIZE, "files"), (LARGE_SIZE, "large_files")]
-    plan: dict[str, Any] = {"throughput": {}, "uvloop": {}, "latency": {}}
+    phases = set(args.phases.split(","))
+    selected = re.compile(args.only)
+    plan: dict[str, Any] = {"uvloop": {}, "latency": {}}
+
+    def keep(specs: Sequence[Spec]) -> list[Spec]:
+        return [s for s in specs if selected.search(s.label)]
 
     def count(is_tmpfs: bool, key: str, fsync: bool = False) -> int:
         if is_tmpfs:  # fsync is next to free on tmpfs: no cap
@@ -633,40 +687,46 @@ def run_phases(bench: Bench, targets: list[tuple[str, Path, bool]]) -> dict[str,
         return min(n, args.fsync_files) if fsync else n
 
     # Phase 1: throughput, default loop, interleaved repeats.
-    print("phase 1: throughput (default asyncio loop)", flush=True)
-    for rep in range(args.repeats):
-        for fs, base, is_tmpfs in targets:
-            for size, key in sizes:
-                specs = throughput_specs()
-                fsyncs = fsync_specs()
-                for spec in rotate(specs + fsyncs, rep * 3):
-                    bench.run("throughput", fs, base, spec, size, count(is_tmpfs, key, spec.fsync != "none"), rep)
+    specs = keep(throughput_specs() + fsync_specs())
+    plan["throughput"] = [s.label for s in specs]
+    if "throughput" in phases:
+        print("phase 1: throughput (default asyncio loop)", flush=True)
+        for rep in range(args.repeats):
+            for fs, base, is_tmpfs in targets:
+                for size, key in sizes:
+                    for spec in rotate(specs, rep * 3):
+                        n = count(is_tmpfs, key, spec.fsync != "none")
+                        bench.run("throughput", fs, base, spec, size, n, rep)
 
-    # Phase 1b: the same with a busy event loop (the GIL is contended as in
-    # the server, where the loop also receives and parses every message).
+    # Phase 1b: with a busy event loop (the GIL is contended as in the server,
+    # where the loop thread also receives and parses every message).
     work = calibrate_burn(args.busy_us)
-    plan["busy"] = {"busy_us": args.busy_us, "burn_iterations": work, "strategies": [s.label for s in BUSY_SPECS]}
-    if work:
+    busy = keep(BUSY_SPECS)
+    plan["busy"] = {"busy_us": args.busy_us, "burn_iterations": work, "strategies": [s.label for s in busy]}
+    if "busy" in phases and work:
         print(f"phase 1b: busy event loop ({args.busy_us} us of Python per message, 1.5 KB)", flush=True)
         for rep in range(args.repeats):
             for fs, base, is_tmpfs in targets:
-                for spec in rotate(BUSY_SPECS, rep * 3):
+                for spec in rotate(busy, rep * 3):
                     bench.run("busy", fs, base, spec, SMALL_SIZE, count(is_tmpfs, "files"), rep, load=Load(work=work))
 
-    # Phase 2: uvloop against asyncio for the two best strategy families.
-    print("phase 2: asyncio vs uvloop", flush=True)
+    # Phase 2: uvloop against asyncio for the best configuration of the two
+    # best strategy families (by phase-1 medians).
     picks: dict[tuple[str, int], list[Spec]] = {}
     for fs, _base, _tmpfs in targets:
         for size, _ in sizes:
             best_by_family: dict[str, tuple[float, Spec]] = {}
-            for spec in throughput_specs():
+            for spec in specs:
+                if spec.fsync != "none":
+                    continue
                 rate = bench.median(fs, size, spec.label)
                 if rate > best_by_family.get(spec.family, (0.0, spec))[0]:
                     best_by_family[spec.family] = (rate, spec)
             ranked = sorted(best_by_family.values(), key=lambda rs: rs[0], reverse=True)[:2]
             picks[(fs, size)] = [spec for _, spec in ranked]
             plan["uvloop"][f"{fs}/{size}"] = [spec.label for spec in picks[(fs, size)]]
-    if HAVE_UVLOOP:
+    if "loops" in phases and HAVE_UVLOOP:
+        print("phase 2: asyncio vs uvloop", flush=True)
         for rep in range(args.repeats):
             for fs, base, is_tmpfs in targets:
                 for size, key in sizes:
@@ -674,27 +734,32 @@ def run_phases(bench: Bench, targets: list[tuple[str, Path, bool]]) -> dict[str,
                         for loop in ("asyncio", "uvloop") if rep % 2 == 0 else ("uvloop", "asyncio"):
                             bench.run("loops", fs, base, spec, size, count(is_tmpfs, key), rep, loop)
 
-    # Phase 3: latency at ~50% of each configuration's peak, small messages.
-    print("phase 3: enqueue-to-publish latency at 50% of peak (1.5 KB)", flush=True)
-    # The batched configurations share one rate (half the best batched peak at
-    # the best W) so that B is compared under the same load; inline gets half
+    # Phase 3: latency at ~50% of peak, small messages.  The batched
+    # configurations share one rate (half the best batched peak, at that
+    # peak's W) so that B is compared under the same load; inline gets half
     # of its own peak.
     lat_specs: dict[str, list[tuple[Spec, float]]] = {}
     for fs, _base, _tmpfs in targets:
-        batched = [s for s in throughput_specs() if s.family == "batched"]
-        best = max(batched, key=lambda s: bench.median(fs, SMALL_SIZE, s.label))
-        rate = 0.5 * bench.median(fs, SMALL_SIZE, best.label)
-        lat_specs[fs] = [(Spec("inline"), 0.5 * bench.median(fs, SMALL_SIZE, "inline"))] + [
-            (Spec("batched", best.threads, b), rate) for b in (16, 64, 256)
-        ]
-        plan["latency"][fs] = {s.label: round(r, 1) for s, r in lat_specs[fs]}
-    for rep in range(args.repeats):
-        for fs, base, _ in targets:
-            pairs = lat_specs[fs]
-            k = rep % len(pairs)
-            for spec, rate in pairs[k:] + pairs[:k]:
-                n = max(1000, int(rate * args.latency_seconds))
-                bench.run("latency", fs, base, spec, SMALL_SIZE, n, rep, load=Load(rate=rate))
+        pairs: list[tuple[Spec, float]] = []
+        if bench.median(fs, SMALL_SIZE, "inline") > 0:
+            pairs.append((Spec("inline"), 0.5 * bench.median(fs, SMALL_SIZE, "inline")))
+        batched = [s for s in specs if s.family == "batched" and bench.median(fs, SMALL_SIZE, s.label) > 0]
+        if batched:
+            best = max(batched, key=lambda s: bench.median(fs, SMALL_SIZE, s.label))
+            rate = 0.5 * bench.median(fs, SMALL_SIZE, best.label)
+            pairs += [(Spec("batched", best.threads, b), rate) for b in (16, 64, 256)]
+            pairs.append((Spec("batched", best.threads, 64, tmpfile=True), rate))
+        lat_specs[fs] = pairs
+        plan["latency"][fs] = {s.label: round(r, 1) for s, r in pairs}
+    if "latency" in phases:
+        print("phase 3: enqueue-to-publish latency at 50% of peak (1.5 KB)", flush=True)
+        for rep in range(args.repeats):
+            for fs, base, _ in targets:
+                pairs = lat_specs[fs]
+                k = rep % len(pairs) if pairs else 0
+                for spec, rate in pairs[k:] + pairs[:k]:
+                    n = max(1000, int(rate * args.latency_seconds))
+                    bench.run("latency", fs, base, spec, SMALL_SIZE, n, rep, load=Load(rate=rate))
     return plan
 
 
@@ -703,23 +768,30 @@ def run_phases(bench: Bench, targets: list[tuple[str, Path, bool]]) -> dict[str,
 # --------------------------------------------------------------------------
 
 
-def summarize(bench: Bench, targets: list[tuple[str, Path, bool]]) -> dict[str, Any]:
+def summarize(bench: Bench) -> dict[str, Any]:
+    """Medians per configuration, over the runs other processes left alone."""
+    threshold = bench.args.foreign_threshold
     groups: dict[tuple[str, str, int, str, str], list[Sample]] = {}
     for s in bench.samples:
         groups.setdefault((s.phase, s.fs, s.size, s.strategy, s.loop), []).append(s)
     rows = []
-    for (phase, fs, size, strategy, loop), group in groups.items():
+    for (phase, fs, size, strategy, loop), everything in groups.items():
+        group = clean_or_all(everything, threshold)
         row: dict[str, Any] = {
             "phase": phase,
             "fs": fs,
             "size": size,
             "strategy": strategy,
             "loop": loop,
-            "runs": len(group),
+            "runs": len(everything),
+            "clean_runs": sum(is_clean(s, threshold) for s in everything),
             "files": group[0].files,
             "files_per_s_median": round(statistics.median(s.files_per_s for s in group), 1),
-            "files_per_s_all": [s.files_per_s for s in group],
+            "files_per_s_median_all_runs": round(statistics.median(s.files_per_s for s in everything), 1),
+            "files_per_s_runs": [s.files_per_s for s in everything],
+            "foreign_cores_runs": [s.foreign_cores for s in everything],
             "cpu_us_per_file_median": round(statistics.median(s.cpu_us_per_file for s in group), 2),
+            "sys_us_per_file_median": round(statistics.median(s.sys_us_per_file for s in group), 2),
         }
         if phase == "latency":
             row["target_rate_median"] = round(statistics.median(s.target_rate for s in group), 1)
@@ -756,7 +828,8 @@ def markdown_tables(summary: dict[str, Any], targets: list[tuple[str, Path, bool
             (fs, SMALL_SIZE, "busy") for fs in fss
         ]:
             c = cell(fs, size, strategy, phase=phase)
-            cells.append(f"{c['files_per_s_median']:,.0f}" if c else "–")
+            mark = "" if not c or c["clean_runs"] else "*"
+            cells.append(f"{c['files_per_s_median']:,.0f}{mark}" if c else "–")
         first = cell(fss[0], SMALL_SIZE, strategy)
         cpu = f"{first['cpu_us_per_file_median']:.1f}" if first else "–"
         out.append(f"| {strategy} | " + " | ".join(cells) + f" | {cpu} |")
@@ -805,6 +878,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="phase 1b: pure-Python work per message on the event loop, standing in for the gRPC receive path",
     )
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", default="", help="regular expression: run only the strategies whose label matches")
+    p.add_argument(
+        "--foreign-threshold",
+        type=float,
+        default=0.3,
+        help="runs during which other processes used more CPU (in cores) than this are left out of the medians",
+    )
+    p.add_argument(
+        "--quiet-budget", type=float, default=60.0, help="total seconds to wait for other processes to go quiet"
+    )
     p.add_argument("--queue", type=int, default=1024, help="bound of the asyncio.Queue (items)")
     p.add_argument("--latency-seconds", type=float, default=1.5, help="length of each paced latency run")
     p.add_argument("--out", type=Path, default=root / "benchmarks" / "results" / "writers.json")
@@ -835,7 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for d in created:
             shutil.rmtree(d, ignore_errors=True)
-    summary = summarize(bench, targets)
+    summary = summarize(bench)
     result = {
         "benchmark": "compare_writers",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

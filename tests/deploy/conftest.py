@@ -1,4 +1,4 @@
-"""Fixtures for the deploy tests: helm, and the charts rendered the way the user guide installs them."""
+"""Fixtures for the deploy tests: helm, and the emulator chart as the user guide installs it."""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ from deploy_support import (
     Rendered,
 )
 
+from tap_emulator.config import build_settings
+
 KUBERNETES_VERSION = "1.30"
 
 # The settings `tap-emulator serve` reads (the emulator's settings contract).
@@ -167,9 +169,8 @@ def test_pod_uses_the_runtime_default_seccomp_profile(emulator: Rendered) -> Non
 def test_service_account_token_is_not_mounted(emulator: Rendered) -> None:
     assert pod_spec(emulator)["automountServiceAccountToken"] is False
     assert emulator.one("ServiceAccount")["automountServiceAccountToken"] is False
-    assert pod_spec(emulator)["serviceAccountName"] == (
-        emulator.one("ServiceAccount")["metadata"]["name"]
-    )
+    account = emulator.one("ServiceAccount")["metadata"]["name"]
+    assert pod_spec(emulator)["serviceAccountName"] == account
 
 
 def test_output_dir_is_an_emptydir_with_a_size_limit(emulator: Rendered) -> None:
@@ -249,6 +250,12 @@ def test_settings_file_holds_every_serve_setting(emulator: Rendered) -> None:
     assert set(settings(emulator)) == SERVE_SETTINGS
 
 
+def test_settings_file_is_accepted_by_the_emulator(emulator: Rendered) -> None:
+    """The emulator refuses unknown or invalid settings at start: the chart's must load."""
+    loaded = build_settings(settings(emulator))
+    assert str(loaded.output_dir) == "/tmp"
+
+
 def test_settings_file_keeps_integers_and_octal_string_types(emulator: Rendered) -> None:
     loaded = settings(emulator)
     assert loaded["queue_max_bytes"] == 67108864
@@ -264,9 +271,7 @@ def test_a_config_value_reaches_the_settings_file(helm: Helm) -> None:
     assert settings(rendered)["name_format"] == "req_res"
 
 
-def test_changed_settings_change_the_pod_template_checksum(
-    helm: Helm, emulator: Rendered
-) -> None:
+def test_changed_settings_change_the_pod_template_checksum(helm: Helm, emulator: Rendered) -> None:
     rendered = render(helm, {"config": {"writers": 8}})
 
     def checksum(r: Rendered) -> str:
@@ -289,7 +294,9 @@ def test_container_ports_follow_the_listen_addresses(helm: Helm) -> None:
 def test_image_digest_replaces_the_tag(helm: Helm, emulator: Rendered) -> None:
     assert container(emulator)["image"] == "tap-emulator:0.1.0"
     digest = "sha256:" + "a" * 64
-    rendered = render(helm, {"image": {"repository": "registry.example/tap-emulator", "digest": digest}})
+    rendered = render(
+        helm, {"image": {"repository": "registry.example/tap-emulator", "digest": digest}}
+    )
     assert container(rendered)["image"] == f"registry.example/tap-emulator@{digest}"
 
 

@@ -98,9 +98,7 @@ def bootstrap(tap_filter: Obj) -> Obj:
             "listeners": [
                 {
                     "name": "tapped",
-                    "address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": 15006}
-                    },
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}},
                     "filter_chains": [
                         {
                             "filters": [

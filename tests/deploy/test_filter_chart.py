@@ -43,7 +43,9 @@ SCENARIOS = {
 }
 
 
-def render(helm: Helm, namespace: str = "bookinfo", values: dict[str, Any] | None = None) -> Rendered:
+def render(
+    helm: Helm, namespace: str = "bookinfo", values: dict[str, Any] | None = None
+) -> Rendered:
     return helm.template(FILTER_CHART, RELEASE, namespace, values)
 
 
@@ -252,9 +254,7 @@ def test_default_values_follow_the_user_guide() -> None:
 def test_every_value_carries_a_comment_for_the_user() -> None:
     """Each key in values.yaml has a comment on the lines just above it or on its own line."""
     lines = (FILTER_CHART / "values.yaml").read_text().splitlines()
-    keys = [
-        i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")
-    ]
+    keys = [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
     undocumented = []
     for i in keys:
         line = lines[i]

@@ -8,6 +8,8 @@ import re
 import yaml
 from deploy_support import EMULATOR_CHART, REPO, find_tool, run
 
+from tap_emulator.config import build_settings
+
 DOCKERFILE = REPO / "Dockerfile"
 
 
@@ -77,6 +79,11 @@ def test_image_settings_listen_where_the_chart_expects() -> None:
     chart = yaml.safe_load((EMULATOR_CHART / "values.yaml").read_text())["config"]
     for key in ("listen", "metrics_listen", "output_dir"):
         assert image[key] == chart[key]
+
+
+def test_image_settings_are_accepted_by_the_emulator() -> None:
+    image = yaml.safe_load((REPO / "deploy" / "image" / "config.yaml").read_text())
+    assert str(build_settings(image).output_dir) == "/tmp"
 
 
 def test_build_context_admits_only_what_the_image_needs() -> None:

@@ -1,0 +1,235 @@
+"""The writer pool: bounded queue, atomic never-overwriting publication, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tap_emulator.observe import Metrics
+from tap_emulator.writer import TEMP_PREFIX, OutputDirError, Publication, WriterPool
+
+
+def pool_for(directory: Path, **options: int | bool) -> WriterPool:
+    pool = WriterPool(directory, Metrics(), **options)  # type: ignore[arg-type]
+    pool.open()
+    return pool
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def publish_all(pool: WriterPool, publications: list[Publication]) -> None:
+    await pool.start()
+    try:
+        for publication in publications:
+            await pool.put(publication)
+        assert await pool.drain(10) == 0
+    finally:
+        await pool.close()
+
+
+async def test_files_are_published_whole_and_no_temporary_remains(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path)
+    payloads = [os.urandom(size) for size in (0, 1, 1500, 70_000, 1_000_000)]
+    await publish_all(pool, [Publication("stem", n, p) for n, p in enumerate(payloads, 1)])
+
+    assert names(tmp_path) == sorted(f"stem-{n}.pb" for n in range(1, 6))
+    for n, payload in enumerate(payloads, 1):
+        assert (tmp_path / f"stem-{n}.pb").read_bytes() == payload
+
+
+async def test_taken_name_moves_to_the_next_free_number_and_keeps_the_old_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "stem-1.pb").write_bytes(b"older run")
+    (tmp_path / "stem-2.pb").write_bytes(b"older run too")
+    metrics = Metrics()
+    pool = WriterPool(tmp_path, metrics)
+    pool.open()
+    publication = Publication("stem", 1, b"new")
+    await publish_all(pool, [publication])
+
+    assert (tmp_path / "stem-1.pb").read_bytes() == b"older run"
+    assert (tmp_path / "stem-2.pb").read_bytes() == b"older run too"
+    assert (tmp_path / "stem-3.pb").read_bytes() == b"new"
+    assert publication.sequence == 3
+    assert metrics.registry.get_sample_value("tap_emulator_sequence_collisions_total") == 1
+
+
+def test_highest_published_finds_the_end_of_the_run(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path)
+    assert pool.highest_published("a") == 0
+    for n in range(1, 38):
+        (tmp_path / f"a-{n}.pb").touch()
+    (tmp_path / "a-x-1.pb").touch()
+    assert pool.highest_published("a") == 37
+    assert pool.highest_published("a-x") == 1
+    assert pool.highest_published("b") == 0
+
+
+def test_file_mode_does_not_depend_on_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        pool = pool_for(tmp_path, file_mode=0o640)
+        asyncio.run(publish_all(pool, [Publication("s", 1, b"x")]))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "s-1.pb").stat().st_mode & 0o777 == 0o640
+
+
+async def test_fsync_option_still_publishes(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path, fsync=True)
+    await publish_all(pool, [Publication("s", n, b"x" * n) for n in range(1, 20)])
+    assert len(names(tmp_path)) == 19
+
+
+def test_sweep_removes_only_our_dead_temporaries(tmp_path: Path) -> None:
+    dead = tmp_path / f"{TEMP_PREFIX}999999-1"
+    alive = tmp_path / f"{TEMP_PREFIX}1-7"  # pid 1 always runs
+    other = tmp_path / ".tmp-something-else"
+    for path in (dead, alive, other):
+        path.write_bytes(b"x")
+    removed = pool_for(tmp_path).open()
+
+    assert removed == 0  # the first open already swept it
+    assert not dead.exists()
+    assert alive.exists() and other.exists()
+
+
+def test_unusable_output_dir_fails_at_start_with_the_path(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(OutputDirError, match=str(not_a_dir)):
+        WriterPool(not_a_dir / "out", Metrics()).open()
+
+
+# --- the queue --------------------------------------------------------------------------
+
+
+async def test_put_waits_while_the_queue_is_full_then_resumes(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path, max_items=2)  # writers not started: nothing drains
+    await pool.put(Publication("s", 1, b"a"))
+    await pool.put(Publication("s", 2, b"b"))
+    third = asyncio.create_task(pool.put(Publication("s", 3, b"c")))
+    await asyncio.sleep(0.05)
+    assert not third.done()
+    assert pool.unpublished == 3
+
+    await pool.start()
+    await asyncio.wait_for(third, 5)
+    assert await pool.drain(5) == 0
+    await pool.close()
+    assert names(tmp_path) == ["s-1.pb", "s-2.pb", "s-3.pb"]
+
+
+async def test_byte_bound_holds_and_an_oversized_file_is_admitted_alone(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path, max_bytes=64 * 1024)
+    assert pool.try_put(Publication("s", 1, bytes(60 * 1024)))
+    assert not pool.try_put(Publication("s", 2, bytes(8 * 1024)))
+    big = Publication("big", 1, bytes(200 * 1024))
+    await pool.start()
+    await asyncio.wait_for(pool.put(big), 5)
+    assert await pool.drain(5) == 0
+    await pool.close()
+    assert (tmp_path / "big-1.pb").stat().st_size == 200 * 1024
+
+
+async def test_waiters_are_admitted_in_arrival_order(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path, max_items=1, writers=1)
+    await pool.put(Publication("s", 1, b"1"))
+    waiting = [asyncio.create_task(pool.put(Publication("s", n, b"%d" % n))) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    await pool.start()
+    await asyncio.gather(*waiting)
+    assert await pool.drain(5) == 0
+    await pool.close()
+    mtimes = [(tmp_path / f"s-{n}.pb").stat().st_mtime_ns for n in (1, 2, 3, 4)]
+    assert mtimes == sorted(mtimes)
+
+
+async def test_a_cancelled_waiter_still_gets_its_file_published(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path, max_items=1)
+    await pool.put(Publication("s", 1, b"1"))
+    waiter = asyncio.create_task(pool.put(Publication("s", 2, b"2")))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+    assert pool.unpublished == 2
+    await pool.start()
+    assert await pool.drain(5) == 0
+    await pool.close()
+    assert names(tmp_path) == ["s-1.pb", "s-2.pb"]
+
+
+async def test_done_callbacks_run_once_each_after_publication(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path)
+    seen: list[int] = []
+    publications = [
+        Publication("s", n, b"x", done=lambda n=n: seen.append(n)) for n in range(1, 101)
+    ]
+    await publish_all(pool, publications)
+    assert sorted(seen) == list(range(1, 101))
+
+
+# --- faults from a real file system ------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real disk that fills up (decisions.md 12)."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_full_disk_holds_files_until_space_returns_then_writes_all(small_tmpfs: Path) -> None:
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(bytes(900 * 1024))
+    metrics = Metrics()
+    pool = WriterPool(small_tmpfs, metrics, retry_initial_seconds=0.01, retry_max_seconds=0.05)
+    pool.open()
+    await pool.start()
+    payloads = [os.urandom(20 * 1024) for _ in range(20)]  # 400 KiB: does not fit
+    for n, payload in enumerate(payloads, 1):
+        await pool.put(Publication("s", n, payload))
+
+    for _ in range(200):
+        if pool.failing is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert pool.failing is not None
+    assert pool.unpublished > 0
+    assert metrics.registry.get_sample_value("tap_emulator_write_errors_total", {"reason": "enospc"})
+
+    filler.unlink()
+    assert await pool.drain(10) == 0
+    await pool.close()
+    assert pool.failing is None
+    for n, payload in enumerate(payloads, 1):
+        assert (small_tmpfs / f"s-{n}.pb").read_bytes() == payload
+    assert not [p for p in small_tmpfs.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_read_only_output_dir_is_refused_at_start(small_tmpfs: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    with pytest.raises(OutputDirError, match="not writable"):
+        WriterPool(small_tmpfs, Metrics()).open()
