@@ -30,7 +30,13 @@ venv: $(STAMP) ## create .venv with the package, its test and lint tools
 run: $(VENV)/.product ## run the emulator with embedded defaults (port 9000, files in /tmp); ARGS="..." adds flags
 	$(BIN)/tap-emulator serve $(ARGS)
 
-test: $(STAMP) ## run the whole test suite
+tools: ## helm, kubectl, hadolint, checkov into .tools/ (for the deploy tests)
+	PYTHON=$(PYTHON) scripts/install-deploy-tools.sh
+
+manifests: tools ## regenerate deploy/manifests from the charts
+	deploy/render-manifests.sh
+
+test: $(STAMP) tools ## run the whole test suite
 	$(BIN)/pytest $(ARGS)
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
@@ -41,4 +47,7 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 proto: $(STAMP) ## regenerate tap_emulator/_proto from proto/envoy
 	$(BIN)/python scripts/generate_proto.py
 
-.PHONY: help venv run test lint proto
+docs: $(STAMP) ## regenerate docs/settings.md and docs/metrics.md from the code
+	$(BIN)/python scripts/generate_docs.py
+
+.PHONY: help venv run tools manifests test lint proto docs

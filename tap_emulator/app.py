@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -33,6 +34,7 @@ from tap_emulator.derive import Deriver, NamingPolicy
 from tap_emulator.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.ingest import TapSink
 from tap_emulator.observe import Metrics, TableStats
+from tap_emulator.retention import RetentionPolicy
 from tap_emulator.writer import WriterPool
 
 log = logging.getLogger("tap_emulator")
@@ -82,18 +84,14 @@ def build(settings: Settings) -> Emulator:
         max_bytes=settings.queue_max_bytes,
         fsync=settings.fsync,
         file_mode=settings.file_mode,
+        retention=RetentionPolicy(settings.retention_max_bytes, settings.retention_max_files),
     )
     sequences = SequenceCounter(
         pool.highest_published, settings.correlation_max_entries, settings.correlation_idle_seconds
     )
     segments = SegmentNames(settings.correlation_max_entries, settings.correlation_idle_seconds)
-    for name, table in (("sequences", sequences), ("segments", segments)):
-        metrics.watch_table(
-            name,
-            lambda table=table: TableStats(
-                len(table), table.evictions.capacity, table.evictions.idle
-            ),
-        )
+    metrics.watch_table("sequences", partial(_table_stats, sequences))
+    metrics.watch_table("segments", partial(_table_stats, segments))
     policy = NamingPolicy(
         name_format=settings.name_format,
         trace_id_headers=settings.trace_id_headers,
@@ -113,6 +111,10 @@ def build(settings: Settings) -> Emulator:
         grpc_health=GrpcHealth(),
         http=HttpEndpoint(metrics, readiness),
     )
+
+
+def _table_stats(table: SequenceCounter | SegmentNames) -> TableStats:
+    return TableStats(len(table), table.evictions.capacity, table.evictions.idle)
 
 
 def _output_problem(pool: WriterPool) -> str | None:
@@ -173,18 +175,23 @@ def _show(address: tuple[str, int] | None) -> str:
 
 
 async def stop(emulator: Emulator) -> int:
-    """Drain and stop; returns the process exit status (0 when nothing accepted was lost)."""
+    """Drain and stop; returns the process exit status (0 when nothing accepted was lost).
+
+    The gRPC server keeps running until the writers are done, so health checks answer
+    NOT_SERVING during the drain instead of failing to connect; tap streams are refused."""
     started = time.monotonic()
     settings = emulator.settings
     emulator.readiness.draining = True
-    emulator.sink.closing = True
     await emulator.grpc_health.serving(False)
-    log.info("draining: no new streams; publishing %d accepted files", emulator.pool.unpublished)
-    if emulator.server is not None:
-        grace = min(_STREAM_CLOSE_GRACE_SECONDS, settings.drain_timeout_seconds)
-        await emulator.server.stop(grace)
+    grace = min(_STREAM_CLOSE_GRACE_SECONDS, settings.drain_timeout_seconds)
+    await emulator.sink.end_streams(grace)
+    log.info("draining: streams closed; publishing %d accepted files", emulator.pool.unpublished)
     remaining_time = max(0.0, settings.drain_timeout_seconds - (time.monotonic() - started))
     unwritten = await emulator.pool.drain(remaining_time)
+    if emulator.server is not None:
+        # Streams were ended above; the grace lets their UNAVAILABLE statuses reach the
+        # senders instead of being cut off by the transport's own shutdown.
+        await emulator.server.stop(_STREAM_CLOSE_GRACE_SECONDS)
     await emulator.http.close()
     totals = (
         f"accepted {emulator.sink.accepted} messages, published {emulator.pool.published} files"

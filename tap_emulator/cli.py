@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from tap_emulator import __version__
-from tap_emulator.config import FIELDS, LOG_FORMATS, LOG_LEVELS, ConfigError, Settings, load_settings
+from tap_emulator.config import (
+    FIELDS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 
 EXIT_USAGE = 2
 
@@ -78,7 +85,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tap-emulator",
-        description="Analysis emulator for Envoy's TapSinkService: one .pb file per trace sequence.",
+        description="Analysis emulator for Envoy's TapSinkService: a .pb file per trace sequence.",
     )
     parser.add_argument("--version", action="version", version=f"tap-emulator {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -34,7 +34,7 @@ class ConfigError(Exception):
     """A setting is missing, unknown or invalid; raised before anything starts."""
 
 
-def _setting(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002
+def _setting(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -47,7 +47,8 @@ class Settings:
         "0.0.0.0:9090",
         "HOST:PORT of the HTTP endpoint for /metrics, /healthz and /readyz ('' disables it)",
     )
-    output_dir: Path = _setting(Path("/tmp"), "directory the .pb files are published in")
+    # The seed's contract: files land in /tmp unless told otherwise.
+    output_dir: Path = _setting(Path("/tmp"), "directory the .pb files are published in")  # noqa: S108
     writers: int = _setting(2, "writer tasks publishing batches in parallel")
     writer_batch_max_items: int = _setting(64, "most files one writer publishes per thread hop")
     queue_max_items: int = _setting(10_000, "writer queue bound in files (queued or being written)")
@@ -80,6 +81,12 @@ class Settings:
     )
     drain_timeout_seconds: float = _setting(
         20.0, "on SIGTERM/SIGINT, time allowed to publish every accepted message"
+    )
+    retention_max_bytes: int = _setting(
+        0, "delete the oldest files once ours in output_dir exceed this many bytes (0: no cap)"
+    )
+    retention_max_files: int = _setting(
+        0, "delete the oldest files once ours in output_dir exceed this many (0: no cap)"
     )
     log_level: str = _setting("info", "debug, info, warning or error")
     log_format: str = _setting("text", "text or json (one object per line)")
@@ -152,6 +159,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "correlation_max_entries": _in_range(1, 100_000_000),
     "correlation_idle_seconds": _in_range(0.001, 7 * 24 * 3600),
     "drain_timeout_seconds": _in_range(0, 3600),
+    "retention_max_bytes": _in_range(0, 2**62),
+    "retention_max_files": _in_range(0, 2**62),
     "log_level": _one_of(*LOG_LEVELS),
     "log_format": _one_of(*LOG_FORMATS),
 }
@@ -192,17 +201,30 @@ def _to_int(name: str, value: Any) -> int:
             try:
                 return int(value, 8)
             except ValueError:
-                raise ConfigError(f"{name}: expected octal digits such as 0640, got {value!r}") from None
+                raise ConfigError(
+                    f"{name}: expected octal digits such as 0640, got {value!r}"
+                ) from None
         match = _SIZE.match(value)
         if match:
             return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    raise ConfigError(f"{name}: expected a whole number (sizes may say KiB, MiB, GiB), got {value!r}")
+    raise ConfigError(
+        f"{name}: expected a whole number (sizes may say KiB, MiB, GiB), got {value!r}"
+    )
 
 
 def _to_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "yes",
+        "on",
+        "1",
+        "false",
+        "no",
+        "off",
+        "0",
+    ):
         return value.lower() in ("true", "yes", "on", "1")
     raise ConfigError(f"{name}: expected true or false, got {value!r}")
 
@@ -263,7 +285,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -271,7 +293,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(loaded).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of settings, not {type(loaded).__name__}"
+        )
     return loaded
 
 

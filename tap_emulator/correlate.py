@@ -165,8 +165,9 @@ class SegmentNames:
         return self._names.get((stream, trace_id))
 
     def remember(self, stream: int, trace_id: int, name: TraceName) -> None:
-        self._by_stream.setdefault(stream, set()).add(trace_id)
+        # put() may first forget an idle entry for this very key; index after it, not before.
         self._names.put((stream, trace_id), name)
+        self._by_stream.setdefault(stream, set()).add(trace_id)
 
     def forget_stream(self, stream: int) -> None:
         """Drop every name a finished stream taught us (not counted as an eviction)."""

@@ -159,9 +159,7 @@ class Deriver:
 
     # --- shared -------------------------------------------------------------------------
 
-    def _learn(
-        self, headers: Iterable[HeaderLike], envoy_id: int, identity: Identity
-    ) -> TraceName:
+    def _learn(self, headers: Iterable[HeaderLike], envoy_id: int, identity: Identity) -> TraceName:
         found = find_header(headers, self._wanted)
         trace_id = trace_id_from(found, self._policy.trace_id_headers, envoy_id)
         prefix = prefix_for(identity.direction, authority_from(found), identity.client_namespace)
@@ -173,4 +171,3 @@ class Deriver:
         result.truncated += stem.truncated
         sequence = self._sequences.next(stem.text)
         result.files.append(PlannedFile(stem.text, sequence, payload))
-

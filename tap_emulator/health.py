@@ -16,7 +16,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tap_emulator.observe import Metrics
@@ -51,7 +52,8 @@ class GrpcHealth:
     """The standard gRPC health service, following readiness."""
 
     def __init__(self) -> None:
-        self.servicer = health.aio.HealthServicer()
+        # `health.aio` is attached at import time, which the stubs do not show.
+        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
     async def serving(self, ready: bool) -> None:
         status = (

@@ -34,7 +34,7 @@ METHOD = "StreamTaps"
 EMPTY_RESPONSE = b""  # a serialized StreamTapsResponse has no fields
 
 
-class _Rejection(Exception):
+class _StreamRejectedError(Exception):
     """A stream we end on purpose, with the status the sender sees."""
 
     def __init__(self, outcome: str, code: grpc.StatusCode, details: str) -> None:
@@ -89,15 +89,21 @@ class TapSink:
         self._stream_numbers = itertools.count(1)
         self.closing = False
         self.accepted = 0
+        self._open: set[asyncio.Task[object]] = set()
 
-    def rpc_handler(self) -> grpc.GenericRpcHandler:
+    def rpc_handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
         handler = grpc.stream_unary_rpc_method_handler(self.stream_taps)
         return grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler})
 
     async def stream_taps(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "tap-emulator is shutting down")
         stream = next(self._stream_numbers)
+        task = asyncio.current_task()
+        if task is not None:
+            self._open.add(task)
         metrics = self._metrics
         metrics.streams_opened.inc()
         metrics.streams_open.inc()
@@ -108,22 +114,46 @@ class TapSink:
             await self._serve_stream(stream, requests)
             outcome = "ok"
             return EMPTY_RESPONSE
-        except _Rejection as rejection:
+        except _StreamRejectedError as rejection:
             outcome = rejection.outcome
             await context.abort(rejection.code, rejection.details)
             raise  # abort() raises; this line only satisfies the type checker
         except asyncio.CancelledError:
-            outcome = "shutdown" if self.closing else "cancelled"
+            if not self.closing:
+                outcome = "cancelled"
+                raise
+            # Ended by our drain: tell the sender to go elsewhere (it may retry), and that
+            # everything it sent before was accepted.
+            outcome = "shutdown"
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "tap-emulator is shutting down; every message read before this was accepted",
+            )
             raise
         except Exception:
             log.exception("stream %d from %s failed unexpectedly", stream, peer)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in tap-emulator")
             raise
         finally:
+            if task is not None:
+                self._open.discard(task)
             self._deriver.forget_stream(stream)
             metrics.streams_open.dec()
             metrics.streams_ended[outcome].inc()
             log.debug("stream %d from %s ended: %s", stream, peer, outcome)
+
+    async def end_streams(self, grace_seconds: float) -> None:
+        """Refuse new streams; give open ones `grace_seconds` to finish, then cancel them.
+
+        Cancelling loses nothing accepted: a message read off a stream is already owned by
+        the writer pool (see WriterPool.put)."""
+        self.closing = True
+        if self._open:
+            await asyncio.wait(set(self._open), timeout=grace_seconds)
+        for task in set(self._open):
+            task.cancel()
+        if self._open:
+            await asyncio.wait(set(self._open))
 
     async def _serve_stream(self, stream: int, requests: AsyncIterator[bytes]) -> None:
         metrics = self._metrics
@@ -140,7 +170,7 @@ class TapSink:
                 request = StreamTapsRequest.FromString(raw)
             except DecodeError as exc:
                 metrics.messages_rejected["decode"].inc()
-                raise _Rejection(
+                raise _StreamRejectedError(
                     "invalid_argument",
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"message {index} on this stream is not an envoy.service.tap.v3."
@@ -189,4 +219,3 @@ class TapSink:
             metrics.redactions.inc(derivation.redactions)
         if derivation.kind is TraceKind.SOCKET or derivation.kind is TraceKind.OTHER:
             metrics.fallback_names[derivation.kind.value].inc(len(derivation.files))
-

@@ -51,7 +51,7 @@ class Direction(StrEnum):
 
 
 class NameFormat(StrEnum):
-    """`plain`: `<prefix>-<traceId>-<seq>.pb`; `req_res`: `<prefix>-<traceId>-<req|res>-<seq>.pb`."""
+    """plain: `<prefix>-<traceId>-<seq>.pb`; req_res: `<prefix>-<traceId>-<req|res>-<seq>.pb`."""
 
     PLAIN = "plain"
     REQ_RES = "req_res"

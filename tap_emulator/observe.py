@@ -41,7 +41,7 @@ STREAM_OUTCOMES = (
     "internal",
     "shutdown",
 )
-REJECT_REASONS = ("decode", "too_large", "no_identifier")
+REJECT_REASONS = ("decode",)
 WRITE_ERROR_REASONS = ("enospc", "edquot", "efbig", "eio", "erofs", "eacces", "other")
 FALLBACK_KINDS = ("socket", "other")
 
@@ -95,7 +95,7 @@ class Metrics:
 
     def __init__(self, transport: str = "grpcio") -> None:
         # `_created` series double the exposition and tell an operator nothing here.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)
@@ -217,12 +217,32 @@ class Metrics:
             f"{PREFIX}_queue_capacity_bytes", "Writer queue bound in bytes", registry=r
         )
 
+        self.files_deleted = Counter(
+            f"{PREFIX}_files_deleted",
+            "Oldest files deleted to keep the output directory within its retention caps",
+            registry=r,
+        )
+        self.retained_bytes = Gauge(
+            f"{PREFIX}_retained_bytes",
+            "Bytes of the emulator's files in the output directory (when retention is on)",
+            registry=r,
+        )
+        self.retained_files = Gauge(
+            f"{PREFIX}_retained_files",
+            "The emulator's files in the output directory (when retention is on)",
+            registry=r,
+        )
+
         self._callbacks = _CallbackCollector()
         r.register(self._callbacks)
 
     def watch_table(self, name: str, read: Callable[[], TableStats]) -> None:
         """Export a correlation table's size and evictions, read at scrape time."""
         self._callbacks.tables[name] = read
+
+    def watch_retention(self, size_bytes: Callable[[], float], files: Callable[[], float]) -> None:
+        self.retained_bytes.set_function(size_bytes)
+        self.retained_files.set_function(files)
 
     def watch_queue(
         self,

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tap_emulator.observe import Metrics
+from tap_emulator.retention import RetentionLedger, RetentionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Publication:
 class _BatchResult:
     published: int
     collisions: int
+    deleted: int
     error: OSError | None
 
 
@@ -102,6 +104,7 @@ class WriterPool:
         file_mode: int = 0o640,
         retry_initial_seconds: float = 0.05,
         retry_max_seconds: float = 5.0,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.directory = directory
         self._metrics = metrics
@@ -113,6 +116,7 @@ class WriterPool:
         self._file_mode = file_mode
         self._retry_initial = retry_initial_seconds
         self._retry_max = retry_max_seconds
+        self._ledger = RetentionLedger(retention) if retention and retention.enabled else None
 
         self._dir_fd: int | None = None
         self._needs_chmod = False
@@ -139,13 +143,19 @@ class WriterPool:
             self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise OutputDirError(
-                f"output dir {self.directory} cannot be opened ({errno.errorcode.get(exc.errno or 0, exc)}): "
+                f"output dir {self.directory} cannot be opened "
+                f"({errno.errorcode.get(exc.errno or 0, exc)}): "
                 "check the path and the volume mount"
             ) from exc
         umask = os.umask(0)
         os.umask(umask)
         self._needs_chmod = bool(self._file_mode & umask)
         removed = self._sweep_temporaries()
+        ledger = self._ledger
+        if ledger is not None:
+            ledger.scan(self._dir_fd)
+            self._metrics.files_deleted.inc(self._delete(ledger.over_cap()))
+            self._metrics.watch_retention(lambda: ledger.total_bytes, lambda: len(ledger))
         problem = self.probe_writable()
         if problem is not None:
             raise OutputDirError(
@@ -166,10 +176,10 @@ class WriterPool:
             for n in range(self._writers)
         ]
 
-    async def drain(self, timeout: float) -> int:
+    async def drain(self, within_seconds: float) -> int:
         """Wait until every accepted file is published; returns how many were not."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within_seconds):
                 await self._idle.wait()
         return self.unpublished
 
@@ -260,6 +270,8 @@ class WriterPool:
             self._settle(batch[: result.published])
             if result.collisions:
                 self._metrics.sequence_collisions.inc(result.collisions)
+            if result.deleted:
+                self._metrics.files_deleted.inc(result.deleted)
             if result.error is None:
                 self.failing = None
                 backoff = self._retry_initial
@@ -296,18 +308,30 @@ class WriterPool:
     # --- in the executor: plain blocking syscalls ---------------------------------------
 
     def _publish_batch(self, batch: list[Publication]) -> _BatchResult:
-        collisions = 0
+        collisions = deleted = 0
         for index, publication in enumerate(batch):
             try:
                 collisions += self._publish(publication)
             except OSError as exc:
-                return _BatchResult(index, collisions, exc)
+                return _BatchResult(index, collisions, deleted, exc)
+            if self._ledger is not None:
+                name = f"{publication.stem}-{publication.sequence}{SUFFIX}"
+                deleted += self._delete(self._ledger.admit(name, len(publication.payload)))
         if self._fsync and batch:
             try:
                 os.fsync(self._fd())
             except OSError as exc:
-                return _BatchResult(len(batch), collisions, exc)
-        return _BatchResult(len(batch), collisions, None)
+                return _BatchResult(len(batch), collisions, deleted, exc)
+        return _BatchResult(len(batch), collisions, deleted, None)
+
+    def _delete(self, names: list[str]) -> int:
+        """Delete files retention gave up on; a file already gone (deleted by hand) is fine."""
+        deleted = 0
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._fd())
+                deleted += 1
+        return deleted
 
     def _publish(self, publication: Publication) -> int:
         """Publish one file; returns how many taken names it had to skip."""
@@ -335,7 +359,12 @@ class WriterPool:
         skipped = 0
         while True:
             try:
-                os.link(temp, f"{publication.stem}-{sequence}{SUFFIX}", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                os.link(
+                    temp,
+                    f"{publication.stem}-{sequence}{SUFFIX}",
+                    src_dir_fd=dir_fd,
+                    dst_dir_fd=dir_fd,
+                )
             except FileExistsError:
                 skipped += 1
                 sequence = max(sequence, self.highest_published(publication.stem)) + 1
@@ -404,5 +433,7 @@ class WriterPool:
                 os.unlink(name, dir_fd=self._fd())
                 removed += 1
         if removed:
-            log.info("removed %d temporary files left by an earlier run in %s", removed, self.directory)
+            log.info(
+                "removed %d temporary files left by an earlier run in %s", removed, self.directory
+            )
         return removed

@@ -194,7 +194,7 @@ def scrape(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urlopen(f"{metrics_url}/metrics", timeout=10) as response:  # noqa: S310 - loopback
+    with urlopen(f"{metrics_url}/metrics", timeout=10) as response:
         text = response.read().decode()
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
@@ -203,7 +203,9 @@ def scrape(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return samples
 
 
-def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def metric(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
     """Sum of a metric's samples whose labels include `labels`."""
     wanted = set(labels.items())
     return sum(

@@ -123,7 +123,9 @@ def trace_id_of(
     envoy_id: int = ENVOY_ID,
 ) -> str:
     """The trace id part of the name an inbound trace to `e.com` with these headers gets."""
-    name = name_of([*headers((":authority", "e.com")), *request_headers], INBOUND, trace_id_headers, envoy_id)
+    name = name_of(
+        [*headers((":authority", "e.com")), *request_headers], INBOUND, trace_id_headers, envoy_id
+    )
     assert name.startswith("e.com-"), name
     assert name.endswith("-1.pb"), name
     return name.removeprefix("e.com-").removesuffix("-1.pb")
@@ -134,8 +136,9 @@ def assert_safe(name: str) -> None:
     assert not name.startswith((".", "-")), name
     assert len(name.encode()) <= 255, name
     assert name.endswith(".pb"), name
-    assert "\x00" not in name and "/" not in name, name
-    assert os.path.dirname(os.path.join(OUT, name)) == OUT, name
+    assert "\x00" not in name, name
+    assert "/" not in name, name
+    assert os.path.dirname(os.path.join(OUT, name)) == OUT, name  # noqa: PTH118, PTH120
 
 
 # --- the seed's examples ----------------------------------------------------------------
@@ -209,8 +212,10 @@ def test_unknown_direction_takes_the_configured_default_and_is_marked_unknown() 
 
 
 def test_known_direction_is_marked_known() -> None:
-    assert INBOUND.direction is Direction.INBOUND and INBOUND.direction_known
-    assert OUTBOUND.direction is Direction.OUTBOUND and OUTBOUND.direction_known
+    assert INBOUND.direction is Direction.INBOUND
+    assert INBOUND.direction_known
+    assert OUTBOUND.direction is Direction.OUTBOUND
+    assert OUTBOUND.direction_known
 
 
 # --- client namespace -------------------------------------------------------------------
@@ -322,78 +327,70 @@ def test_authority_from_raw_value_is_used_when_value_is_empty() -> None:
 
 # --- trace id ---------------------------------------------------------------------------
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+B3_SINGLE = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+
 
 def test_x_b3_traceid_of_32_hex_is_the_trace_id() -> None:
-    assert trace_id_of(headers(("x-b3-traceid", B3)))) == B3
+    assert trace_id_of(headers(("x-b3-traceid", B3))) == B3
 
 
 def test_x_b3_traceid_of_16_hex_is_the_trace_id() -> None:
-    assert trace_id_of(headers(("x-b3-traceid", "463ac35c9f6413ad")))) == "463ac35c9f6413ad"
+    assert trace_id_of(headers(("x-b3-traceid", "463ac35c9f6413ad"))) == "463ac35c9f6413ad"
 
 
 def test_trace_id_hex_is_lowercased() -> None:
-    assert trace_id_of(headers(("x-b3-traceid", B3.upper())))) == B3
+    assert trace_id_of(headers(("x-b3-traceid", B3.upper()))) == B3
+
+
+def test_trace_id_header_key_is_case_insensitive() -> None:
+    assert trace_id_of(headers(("X-B3-TraceId", B3))) == B3
 
 
 def test_x_b3_traceid_wins_over_every_other_source() -> None:
-    name = name_of(
-        headers(
-            ("x-request-id", "rid"),
-            ("x-trace-id", "tid"),
-            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
-            ("x-b3-traceid", B3),
-        )
+    request_headers = headers(
+        ("x-request-id", "rid"),
+        ("x-trace-id", "tid"),
+        ("traceparent", TRACEPARENT),
+        ("b3", B3_SINGLE),
+        ("x-b3-traceid", B3),
     )
 
-    assert trace_id_in(name) == B3
+    assert trace_id_of(request_headers) == B3
 
 
 @pytest.mark.parametrize(
     "malformed", ["", "xyz", "a7020847b1ec893", B3[:-1], B3 + "0", "0x" + B3, B3[:-1] + "g"]
 )
 def test_malformed_x_b3_traceid_is_skipped_to_b3(malformed: str) -> None:
-    single = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
-    name = name_of(headers(("x-b3-traceid", malformed), ("b3", single)))
+    request_headers = headers(("x-b3-traceid", malformed), ("b3", B3_SINGLE))
 
-    assert trace_id_in(name) == "80f198ee56343ba864fe8b2a57d3eff7"
+    assert trace_id_of(request_headers) == "80f198ee56343ba864fe8b2a57d3eff7"
 
 
 def test_b3_single_header_gives_its_first_field() -> None:
-    name = name_of(
-        headers(("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"))
-    )
+    value = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"
 
-    assert trace_id_in(name) == "80f198ee56343ba864fe8b2a57d3eff7"
+    assert trace_id_of(headers(("b3", value))) == "80f198ee56343ba864fe8b2a57d3eff7"
 
 
-def test_b3_sampling_only_value_is_skipped_to_traceparent() -> None:
-    name = name_of(
-        headers(
-            ("b3", "1"), ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-        )
-    )
+@pytest.mark.parametrize("malformed", ["1", "0", "d", "", "xyz-e457b5a2e4d86bd1-1"])
+def test_malformed_b3_is_skipped_to_traceparent(malformed: str) -> None:
+    request_headers = headers(("b3", malformed), ("traceparent", TRACEPARENT))
 
-    assert trace_id_in(name) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_of(request_headers) == "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def test_b3_wins_over_traceparent() -> None:
-    name = name_of(
-        headers(
-            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            ("b3", "463ac35c9f6413ad-0020000000000001-1"),
-        )
+    request_headers = headers(
+        ("traceparent", TRACEPARENT), ("b3", "463ac35c9f6413ad-0020000000000001-1")
     )
 
-    assert trace_id_in(name) == "463ac35c9f6413ad"
+    assert trace_id_of(request_headers) == "463ac35c9f6413ad"
 
 
 def test_traceparent_gives_its_trace_id_field() -> None:
-    name = name_of(
-        headers(("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
-    )
-
-    assert trace_id_in(name) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_of(headers(("traceparent", TRACEPARENT))) == "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def test_traceparent_of_a_future_version_may_carry_more_fields() -> None:
@@ -417,45 +414,45 @@ def test_traceparent_of_a_future_version_may_carry_more_fields() -> None:
     ],
 )
 def test_malformed_traceparent_is_skipped_to_x_trace_id(malformed: str) -> None:
-    name = name_of(headers(("traceparent", malformed), ("x-trace-id", "custom-trace-0001")))
+    request_headers = headers(("traceparent", malformed), ("x-trace-id", "custom-trace-0001"))
 
-    assert trace_id_in(name) == "custom-trace-0001"
+    assert trace_id_of(request_headers) == "custom-trace-0001"
 
 
 def test_x_trace_id_wins_over_x_request_id() -> None:
-    name = name_of(
-        headers(("x-request-id", "client-rid-0001"), ("x-trace-id", "custom-trace-0001"))
+    request_headers = headers(
+        ("x-request-id", "client-rid-0001"), ("x-trace-id", "custom-trace-0001")
     )
 
-    assert trace_id_in(name) == "custom-trace-0001"
+    assert trace_id_of(request_headers) == "custom-trace-0001"
 
 
 @pytest.mark.parametrize("malformed", ["", "has space", "a/b", "x" * 129, "caf\u00e9", "a%2Fb"])
 def test_malformed_x_trace_id_is_skipped_to_x_request_id(malformed: str) -> None:
-    name = name_of(headers(("x-trace-id", malformed), ("x-request-id", "client-rid-0001")))
+    request_headers = headers(("x-trace-id", malformed), ("x-request-id", "client-rid-0001"))
 
-    assert trace_id_in(name) == "client-rid-0001"
+    assert trace_id_of(request_headers) == "client-rid-0001"
 
 
 def test_x_request_id_of_128_token_characters_is_accepted() -> None:
-    value = "A" * 127 + "_"
+    value = "A" * 126 + "._"
 
     assert parse_trace_id("x-request-id", value) == value
 
 
 def test_x_request_id_uuid_is_lowercased() -> None:
-    name = name_of(headers(("x-request-id", "C4C2CBC8-A87D-4B08-909C-C115BEA4D25F")))
+    request_headers = headers(("x-request-id", "C4C2CBC8-A87D-4B08-909C-C115BEA4D25F"))
 
-    assert trace_id_in(name) == "c4c2cbc8-a87d-4b08-909c-c115bea4d25f"
+    assert trace_id_of(request_headers) == "c4c2cbc8-a87d-4b08-909c-c115bea4d25f"
 
 
 def test_x_request_id_that_is_not_hex_keeps_its_case() -> None:
-    assert trace_id_of(headers(("x-request-id", "Client-RID-1")))) == "Client-RID-1"
+    assert trace_id_of(headers(("x-request-id", "Client-RID-1"))) == "Client-RID-1"
 
 
 @pytest.mark.parametrize("malformed", ["", "a b", "../etc", "x" * 129, "\x00"])
 def test_malformed_x_request_id_falls_back_to_envoy_id_hex(malformed: str) -> None:
-    assert trace_id_of(headers(("x-request-id", malformed)))) == ENVOY_HEX
+    assert trace_id_of(headers(("x-request-id", malformed))) == ENVOY_HEX
 
 
 def test_no_trace_header_falls_back_to_envoy_id_as_lowercase_hex() -> None:
@@ -467,19 +464,19 @@ def test_no_trace_header_falls_back_to_envoy_id_as_lowercase_hex() -> None:
 def test_configured_trace_id_header_order_is_respected() -> None:
     request_headers = headers(("x-b3-traceid", B3), ("x-request-id", "client-rid-0001"))
 
-    name = name_of(request_headers, trace_id_headers=("x-request-id", "x-b3-traceid"))
+    trace_id = trace_id_of(request_headers, trace_id_headers=("x-request-id", "x-b3-traceid"))
 
-    assert trace_id_in(name) == "client-rid-0001"
+    assert trace_id == "client-rid-0001"
 
 
 def test_header_not_in_configured_list_is_not_a_trace_id_source() -> None:
-    name = name_of(headers(("x-request-id", "client-rid-0001")), trace_id_headers=("x-b3-traceid",))
+    request_headers = headers(("x-request-id", "client-rid-0001"))
 
-    assert trace_id_in(name) == ENVOY_HEX
+    assert trace_id_of(request_headers, trace_id_headers=("x-b3-traceid",)) == ENVOY_HEX
 
 
 def test_empty_trace_id_list_always_uses_envoy_id() -> None:
-    assert trace_id_of(headers(("x-b3-traceid", B3)), trace_id_headers=())) == ENVOY_HEX
+    assert trace_id_of(headers(("x-b3-traceid", B3)), trace_id_headers=()) == ENVOY_HEX
 
 
 # --- safety: table ----------------------------------------------------------------------
@@ -532,7 +529,7 @@ def test_traversal_authority_stays_one_component() -> None:
     name = name_of(headers((":authority", "../../etc/passwd")))
 
     assert "/" not in name
-    assert os.path.dirname(os.path.join(OUT, name)) == OUT
+    assert os.path.dirname(os.path.join(OUT, name)) == OUT  # noqa: PTH118, PTH120
 
 
 def test_percent_is_not_kept_in_names() -> None:
@@ -623,14 +620,12 @@ def test_bidi_override_does_not_reach_the_name() -> None:
 # --- safety: properties -----------------------------------------------------------------
 
 # Protobuf string fields reject lone surrogates; everything else is fair game.
-any_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=400)
-long_text = st.one_of(
-    any_text, st.text(st.characters(exclude_categories=("Cs",)), min_size=250, max_size=2000)
-)
+any_text = st.text(st.characters(codec="utf-8"), max_size=400)
+long_text = st.one_of(any_text, st.text(st.characters(codec="utf-8"), min_size=250, max_size=2000))
 trace_header = st.sampled_from(["x-b3-traceid", "b3", "traceparent", "x-trace-id", "x-request-id"])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     authority=long_text,
     raw_authority=st.binary(max_size=600),
@@ -692,7 +687,7 @@ clashing_text = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     inputs=st.lists(st.tuples(clashing_text, clashing_text), min_size=1, max_size=30),
     name_format=st.sampled_from(list(NameFormat)),

@@ -28,7 +28,9 @@ def test_generated_code_is_up_to_date() -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def _index(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str, descriptor_pb2.DescriptorProto]:
+def _index(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> dict[str, descriptor_pb2.DescriptorProto]:
     messages: dict[str, descriptor_pb2.DescriptorProto] = {}
 
     def walk(prefix: str, message: descriptor_pb2.DescriptorProto) -> None:

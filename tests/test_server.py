@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from google.protobuf.internal.decoder import _DecodeVarint32  # type: ignore[attr-defined]
 from google.protobuf.json_format import MessageToDict
 
@@ -110,7 +109,9 @@ def test_streamed_segments_in_order_get_consecutive_sequences(
     start_emulator: Any, vectors: Path
 ) -> None:
     emulator = start_emulator()
-    segments = read_length_delimited(vectors / "streamed" / "h1_post_chunked_b3.pb_length_delimited")
+    segments = read_length_delimited(
+        vectors / "streamed" / "h1_post_chunked_b3.pb_length_delimited"
+    )
     [result] = send_streams(
         emulator.tap, [t.stream([as_json(raw) for raw in segments], t.identifier("inbound"))]
     )
@@ -235,7 +236,9 @@ def test_restart_never_overwrites_and_continues_the_sequence(start_emulator: Any
     trace = t.buffered(t.request_headers())
     send_streams(first.tap, [t.stream([trace, trace], t.identifier("inbound"))])
     assert first.stop() == 0
-    before = {name: hashlib.sha256(raw).digest() for name, raw in published(first.output_dir).items()}
+    before = {
+        name: hashlib.sha256(raw).digest() for name, raw in published(first.output_dir).items()
+    }
 
     second = start_emulator(output_dir=first.output_dir)
     send_streams(second.tap, [t.stream([trace], t.identifier("inbound"))])
@@ -294,7 +297,9 @@ def test_malformed_message_ends_only_its_own_stream(start_emulator: Any) -> None
 def test_product_serves_without_xds_protos_installed(start_emulator: Any) -> None:
     entry = [__import__("sys").executable, str(HELPERS / "no_xds_server.py"), "--"]
     emulator = start_emulator(entry=entry)
-    send_streams(emulator.tap, [t.stream([t.buffered(t.request_headers())], t.identifier("inbound"))])
+    send_streams(
+        emulator.tap, [t.stream([t.buffered(t.request_headers())], t.identifier("inbound"))]
+    )
 
     assert list(published(emulator.output_dir)) == [SEED_INBOUND]
     assert emulator.stop() == 0
@@ -315,7 +320,9 @@ def test_full_queue_blocks_senders_and_bounds_memory(start_emulator: Any, tmp_pa
     streams = [
         t.stream(
             [
-                t.buffered(t.request_headers(f"s{s}.ns:80", trace=f"{s:016x}{n:016x}"), request_body=body)
+                t.buffered(
+                    t.request_headers(f"s{s}.ns:80", trace=f"{s:016x}{n:016x}"), request_body=body
+                )
                 for n in range(8)
             ],
             t.identifier("inbound"),
@@ -325,7 +332,9 @@ def test_full_queue_blocks_senders_and_bounds_memory(start_emulator: Any, tmp_pa
     client = ClientRun({"target": emulator.tap, "timeout": 120, "streams": streams})
 
     def queue_full() -> bool:
-        return metric(scrape(emulator.metrics_url), "tap_emulator_queue_bytes") >= queue_bytes - 70_000
+        return (
+            metric(scrape(emulator.metrics_url), "tap_emulator_queue_bytes") >= queue_bytes - 70_000
+        )
 
     assert wait_for(queue_full, timeout=30)
     peak_kib = 0
@@ -355,7 +364,10 @@ def test_sigterm_publishes_every_accepted_message_and_exits_0(
     )  # fmt: skip
     streams = [
         t.stream(
-            [t.buffered(t.request_headers(f"p{s}.ns:80", trace=f"{s:016x}{n:016x}")) for n in range(400)],
+            [
+                t.buffered(t.request_headers(f"p{s}.ns:80", trace=f"{s:016x}{n:016x}"))
+                for n in range(400)
+            ],
             t.identifier("inbound"),
         )
         for s in range(8)
@@ -378,4 +390,25 @@ def test_sigterm_publishes_every_accepted_message_and_exits_0(
     assert not [p for p in emulator.output_dir.iterdir() if p.name.startswith(".")]
     sent = {raw for result in results["streams"] for raw in sent_traces(result)}
     assert set(files.values()) <= sent
-    assert {r["code"] for r in results["streams"]} <= {"OK", "UNAVAILABLE", "CANCELLED"}
+    codes = {r["code"] for r in results["streams"]}
+    # While a client is still writing, grpc's client core may report its own INTERNAL
+    # ("Internal error from Core") instead of the server's UNAVAILABLE; the status itself is
+    # pinned by the next test, with an idle client.
+    assert codes <= {"UNAVAILABLE", "INTERNAL"}, codes
+
+
+def test_streams_ended_by_shutdown_are_told_to_go_elsewhere(start_emulator: Any) -> None:
+    emulator = start_emulator()
+    idle = t.stream(
+        [t.buffered(t.request_headers(trace=f"{n:032x}")) for n in range(1, 5)],
+        t.identifier("inbound"),
+    )
+    idle["pause_after"], idle["pause_seconds"] = 2, 30.0
+    client = ClientRun({"target": emulator.tap, "streams": [idle]})
+    assert wait_for(lambda: len(published(emulator.output_dir)) == 2)
+
+    assert emulator.stop(signal.SIGTERM) == 0
+    [result] = client.result()["streams"]
+    assert result["code"] == "UNAVAILABLE"
+    assert "shutting down" in result["details"]
+    assert "accepted 2 messages, published 2 files" in emulator.log

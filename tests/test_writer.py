@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tap_emulator.observe import Metrics
+from tap_emulator.retention import RetentionPolicy
 from tap_emulator.writer import TEMP_PREFIX, OutputDirError, Publication, WriterPool
 
 
@@ -218,7 +219,9 @@ async def test_full_disk_holds_files_until_space_returns_then_writes_all(small_t
         await asyncio.sleep(0.01)
     assert pool.failing is not None
     assert pool.unpublished > 0
-    assert metrics.registry.get_sample_value("tap_emulator_write_errors_total", {"reason": "enospc"})
+    assert metrics.registry.get_sample_value(
+        "tap_emulator_write_errors_total", {"reason": "enospc"}
+    )
 
     filler.unlink()
     assert await pool.drain(10) == 0
@@ -226,10 +229,48 @@ async def test_full_disk_holds_files_until_space_returns_then_writes_all(small_t
     assert pool.failing is None
     for n, payload in enumerate(payloads, 1):
         assert (small_tmpfs / f"s-{n}.pb").read_bytes() == payload
-    assert not [p for p in small_tmpfs.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert not [n for n in os.listdir(small_tmpfs) if n.startswith(TEMP_PREFIX)]  # noqa: PTH208
 
 
 def test_read_only_output_dir_is_refused_at_start(small_tmpfs: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
     with pytest.raises(OutputDirError, match="not writable"):
         WriterPool(small_tmpfs, Metrics()).open()
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+async def test_file_cap_keeps_the_newest_files(tmp_path: Path) -> None:
+    metrics = Metrics()
+    pool = WriterPool(tmp_path, metrics, writers=1, retention=RetentionPolicy(max_files=10))
+    pool.open()
+    await publish_all(pool, [Publication("s", n, b"x") for n in range(1, 31)])
+
+    assert names(tmp_path) == sorted(f"s-{n}.pb" for n in range(21, 31))
+    assert metrics.registry.get_sample_value("tap_emulator_files_deleted_total") == 20
+    assert metrics.registry.get_sample_value("tap_emulator_retained_files") == 10
+
+
+async def test_byte_cap_deletes_oldest_first(tmp_path: Path) -> None:
+    pool = WriterPool(
+        tmp_path, Metrics(), writers=1, retention=RetentionPolicy(max_bytes=10 * 1024)
+    )
+    pool.open()
+    await publish_all(pool, [Publication("s", n, bytes(1024)) for n in range(1, 26)])
+
+    kept = names(tmp_path)
+    assert kept == sorted(f"s-{n}.pb" for n in range(16, 26))
+    assert sum((tmp_path / name).stat().st_size for name in kept) <= 10 * 1024
+
+
+def test_existing_files_count_towards_the_cap_and_others_are_untouched(tmp_path: Path) -> None:
+    for n in range(1, 6):
+        path = tmp_path / f"old-{n}.pb"
+        path.write_bytes(b"x")
+        os.utime(path, ns=(n * 10**9, n * 10**9))
+    (tmp_path / "notes.txt").write_text("not ours")
+    (tmp_path / "README.pb.bak").write_text("not ours either")
+    WriterPool(tmp_path, Metrics(), retention=RetentionPolicy(max_files=2)).open()
+
+    assert names(tmp_path) == ["README.pb.bak", "notes.txt", "old-4.pb", "old-5.pb"]

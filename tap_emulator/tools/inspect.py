@@ -24,7 +24,7 @@ def as_text(data: bytes) -> str | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if any(ord(c) < 0x20 and c not in _TEXT_CONTROLS or ord(c) == 0x7F for c in text):
+    if any((ord(c) < 0x20 and c not in _TEXT_CONTROLS) or ord(c) == 0x7F for c in text):
         return None
     return text
 

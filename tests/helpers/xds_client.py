@@ -4,7 +4,8 @@ xds-protos cannot share a process, decisions.md 1); it never imports tap_emulato
 
 stdin: JSON {"target": "HOST:PORT", "timeout": seconds, "streams": [STREAM, ...]} where
 STREAM is {"messages": [ITEM, ...]}; an ITEM is a StreamTapsRequest as protobuf JSON, or
-{"raw_b64": base64 bytes} sent as they are (to test malformed input); a STREAM may add with "pause_after": N and "pause_seconds": S (pause once after N messages).
+{"raw_b64": base64 bytes} sent as they are (to test malformed input); a STREAM may add
+"pause_after": N and "pause_seconds": S (pause once after N messages).
 All streams run concurrently. stdout: JSON {"streams": [{"code", "details", "sent",
 "traces_b64"}]} where traces_b64 holds each sent message's `trace`, serialized by xds-protos.
 """
@@ -36,7 +37,9 @@ def encode(stream: dict[str, Any]) -> tuple[list[bytes], list[str]]:
     return messages, traces
 
 
-async def send(channel: grpc.aio.Channel, stream: dict[str, Any], timeout: float) -> dict[str, Any]:
+async def send(
+    channel: grpc.aio.Channel, stream: dict[str, Any], deadline_seconds: float
+) -> dict[str, Any]:
     messages, traces = encode(stream)
     call = channel.stream_unary(METHOD, request_serializer=None, response_deserializer=None)
     sent = 0
@@ -51,7 +54,7 @@ async def send(channel: grpc.aio.Channel, stream: dict[str, Any], timeout: float
                 await asyncio.sleep(stream.get("pause_seconds", 1.0))
 
     try:
-        await call(requests(), timeout=timeout)
+        await call(requests(), timeout=deadline_seconds)
         code, details = "OK", ""
     except grpc.aio.AioRpcError as exc:
         code, details = exc.code().name, exc.details() or ""

@@ -1,0 +1,27 @@
+"""Generated documentation stays in step with the code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_settings_and_metrics_pages_are_current() -> None:
+    check = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "generate_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_behaviour_page_names_every_setting() -> None:
+    from tap_emulator.config import FIELDS
+
+    text = (REPO / "docs" / "behaviour.md").read_text() + (
+        REPO / "docs" / "settings.md"
+    ).read_text()
+    assert all(f"`{name}`" in text for name in FIELDS)
