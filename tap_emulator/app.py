@@ -23,12 +23,13 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from tap_emulator import __version__
-from tap_emulator.config import Settings, split_address
+from tap_emulator.config import ConfigError, Settings, split_address
 from tap_emulator.correlate import SegmentNames, SequenceCounter
 from tap_emulator.derive import Deriver, NamingPolicy
 from tap_emulator.health import GrpcHealth, HttpEndpoint, Readiness
@@ -46,14 +47,49 @@ _READINESS_POLL_SECONDS = 1.0
 
 
 def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Transport options; bdp_probe=0 keeps grpc from growing windows without bound when a
-    handler stops reading (decisions.md 2), which is what makes backpressure bound memory."""
+    """Transport options.
+
+    - bdp_probe=0 keeps grpc from growing its receive windows without bound while a handler
+      stops reading (decisions.md 2): this is what makes backpressure bound memory.
+    - The transport accepts messages up to twice max_message_bytes so that the handler sees,
+      counts and refuses the ones just over the limit with a status that says why; beyond
+      that the transport refuses them itself (RESOURCE_EXHAUSTED, not counted by us).
+    - Keepalive: the server pings a connection idle for 2 minutes and drops it if no answer
+      comes within 20 s (dead proxies do not hold streams open); clients may ping at most
+      every 30 s without data, and two pings too many get GOAWAY (gRPC's ping strikes).
+    """
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ("grpc.http2.bdp_probe", 0),
         ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", 120_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+def _read_setting_file(name: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path} ({exc.strerror})") from exc
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and with a client CA, mutual TLS) for the tap port; None means plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    key = _read_setting_file("tls_key_file", settings.tls_key_file)
+    chain = _read_setting_file("tls_cert_file", settings.tls_cert_file)
+    client_ca = None
+    if settings.tls_client_ca_file is not None:
+        client_ca = _read_setting_file("tls_client_ca_file", settings.tls_client_ca_file)
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 @dataclass
@@ -85,6 +121,7 @@ def build(settings: Settings) -> Emulator:
         fsync=settings.fsync,
         file_mode=settings.file_mode,
         retention=RetentionPolicy(settings.retention_max_bytes, settings.retention_max_files),
+        on_error=settings.on_write_error,
     )
     sequences = SequenceCounter(
         pool.highest_published, settings.correlation_max_entries, settings.correlation_idle_seconds
@@ -99,7 +136,14 @@ def build(settings: Settings) -> Emulator:
         default_direction=settings.default_direction,
     )
     deriver = Deriver(policy, sequences, segments)
-    sink = TapSink(deriver, pool, metrics, settings.default_direction)
+    sink = TapSink(
+        deriver,
+        pool,
+        metrics,
+        settings.default_direction,
+        max_message_bytes=settings.max_message_bytes,
+        stream_idle_timeout_seconds=settings.stream_idle_timeout_seconds,
+    )
     readiness = Readiness(lambda: _output_problem(pool))
     return Emulator(
         settings=settings,
@@ -136,7 +180,11 @@ async def start(emulator: Emulator) -> None:
     server.add_generic_rpc_handlers([emulator.sink.rpc_handler()])
     health_pb2_grpc.add_HealthServicer_to_server(emulator.grpc_health.servicer, server)
     host, port = split_address(settings.listen)
-    bound_port = server.add_insecure_port(_grpc_address(host, port))
+    credentials = server_credentials(settings)
+    if credentials is None:
+        bound_port = server.add_insecure_port(_grpc_address(host, port))
+    else:
+        bound_port = server.add_secure_port(_grpc_address(host, port), credentials)
     await server.start()
     emulator.server = server
     emulator.tap_address = (host, bound_port)
@@ -149,7 +197,7 @@ async def start(emulator: Emulator) -> None:
     await emulator.grpc_health.serving(emulator.readiness.problem() is None)
     log.info(
         "tap-emulator %s listening tap=%s metrics=%s output_dir=%s writers=%d "
-        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s transport=%s%s",
+        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s transport=%s tls=%s%s",
         __version__,
         _show(emulator.tap_address),
         _show(emulator.metrics_address) if emulator.metrics_address else "off",
@@ -160,6 +208,7 @@ async def start(emulator: Emulator) -> None:
         settings.queue_max_bytes,
         settings.name_format.value,
         TRANSPORT,
+        "mutual" if settings.tls_client_ca_file else ("on" if credentials else "off"),
         f" (removed {removed} stale temporary files)" if removed else "",
     )
 
@@ -241,13 +290,18 @@ async def serve(settings: Settings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    follower = asyncio.create_task(_follow_readiness(emulator))
+    watchers = [
+        asyncio.create_task(_follow_readiness(emulator)),
+        asyncio.create_task(emulator.sink.close_idle_streams()),
+    ]
     try:
         await stopping.wait()
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for watcher in watchers:
+            watcher.cancel()
+        for watcher in watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
     return await stop(emulator)
 
 

@@ -3,6 +3,11 @@ place that exits the process.
 
     tap-emulator serve [--config FILE] [--<setting> VALUE ...]
     tap-emulator inspect FILE...
+    tap-emulator relay --envoy-admin URL --to HOST:PORT ...
+    tap-emulator replay PATH... --to HOST:PORT ...
+
+Each tool module under tap_emulator/tools/ registers its own subcommand (`register`) and
+runs it (`main(args) -> exit status`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tap_emulator import __version__
@@ -99,7 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--compact", action="store_true", help="one JSON object per line instead of indented"
     )
+    for tool in _tools():
+        tool.register(commands)
     return parser
+
+
+def _tools() -> list[ModuleType]:
+    """Tool modules that register a subcommand of their own (relay, replay)."""
+    from importlib import import_module
+    from importlib.util import find_spec
+
+    names = ("tap_emulator.tools.relay", "tap_emulator.tools.replay")
+    return [import_module(name) for name in names if find_spec(name) is not None]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,6 +132,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         return run(settings)
+    except ConfigError as exc:
+        logging.getLogger("tap_emulator").error("configuration error: %s", exc)
+        return EXIT_USAGE
     except OutputDirError as exc:
         logging.getLogger("tap_emulator").error("%s", exc)
         return 1
@@ -130,7 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    return _inspect(args)
+    if args.command == "inspect":
+        return _inspect(args)
+    status: int = args.run(args)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

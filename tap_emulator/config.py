@@ -21,6 +21,7 @@ import yaml
 
 from tap_emulator.naming import DEFAULT_TRACE_ID_HEADERS, Direction, NameFormat
 from tap_emulator.redact import DEFAULT_REDACT_HEADERS
+from tap_emulator.writer import WriteErrorPolicy
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -73,6 +74,20 @@ class Settings:
     )
     max_message_bytes: int = _setting(16 * MiB, "largest StreamTapsRequest accepted")
     max_concurrent_streams: int = _setting(1000, "StreamTaps calls served at once")
+    stream_idle_timeout_seconds: float = _setting(
+        600.0, "end a stream that sent nothing this long with UNAVAILABLE (0: never)"
+    )
+    on_write_error: WriteErrorPolicy = _setting(
+        WriteErrorPolicy.BLOCK,
+        "block: retry until the disk recovers, holding senders back; drop: count and drop",
+    )
+    tls_cert_file: Path | None = _setting(
+        None, "PEM certificate chain: serve TLS on the tap port (plaintext when unset)"
+    )
+    tls_key_file: Path | None = _setting(None, "PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = _setting(
+        None, "PEM CA bundle: require client certificates signed by it (mutual TLS)"
+    )
     correlation_max_entries: int = _setting(
         100_000, "most streamed traces and name stems remembered at once"
     )
@@ -98,6 +113,10 @@ class Settings:
                 problem = check(getattr(self, item.name))
                 if problem:
                     raise ConfigError(f"{item.name}: {problem}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("tls_cert_file: tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("tls_client_ca_file: mutual TLS needs tls_cert_file and tls_key_file")
         minimum = self.queue_max_items + self.writers * self.writer_batch_max_items
         if self.correlation_max_entries < minimum:
             # A stem forgotten while its files are still queued could be numbered twice.
@@ -156,6 +175,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "redact_headers": _header_names,
     "max_message_bytes": _in_range(1 * KiB, 2 * GiB - 1),
     "max_concurrent_streams": _in_range(1, 1_000_000),
+    "stream_idle_timeout_seconds": _in_range(0, 30 * 24 * 3600),
     "correlation_max_entries": _in_range(1, 100_000_000),
     "correlation_idle_seconds": _in_range(0.001, 7 * 24 * 3600),
     "drain_timeout_seconds": _in_range(0, 3600),
@@ -254,13 +274,15 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError(f"{name}: expected a number of seconds, got {value!r}") from None
     if kind == "bool":
         return _to_bool(name, value)
-    if kind == "Path":
+    if kind in ("Path", "Path | None"):
+        if kind == "Path | None" and (value is None or value == ""):
+            return None
         if not isinstance(value, str | Path) or not str(value):
-            raise ConfigError(f"{name}: expected a directory path, got {value!r}")
+            raise ConfigError(f"{name}: expected a path, got {value!r}")
         return Path(value)
     if kind == "tuple[str, ...]":
         return _to_list(name, value)
-    for enum in (NameFormat, Direction):
+    for enum in (NameFormat, Direction, WriteErrorPolicy):
         if kind == enum.__name__:
             try:
                 return enum(str(value).lower())

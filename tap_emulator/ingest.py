@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -75,21 +76,47 @@ def identity_of(request: StreamTapsRequest, default: Direction) -> Identity:
     return identity(identifier.tap_id, node.id, node.cluster, metadata_namespace, default)
 
 
+@dataclass(slots=True, eq=False)
+class _OpenStream:
+    """What the server knows about one open StreamTaps call."""
+
+    number: int
+    task: asyncio.Task[object] | None
+    last_read: float
+    waiting_for_room: bool = False
+    ended_by: str | None = None  # "shutdown" or "idle": why we cancelled it
+
+
+_ENDINGS = {
+    "shutdown": "tap-emulator is shutting down; every message read before this was accepted",
+    "idle": "no message for {idle:g}s: stream closed; reconnect when there is traffic",
+}
+
+
 class TapSink:
     """Serves StreamTaps: decode, identify, derive names, queue for the writers."""
 
     def __init__(
-        self, deriver: Deriver, pool: WriterPool, metrics: Metrics, default_direction: Direction
+        self,
+        deriver: Deriver,
+        pool: WriterPool,
+        metrics: Metrics,
+        default_direction: Direction,
+        *,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        stream_idle_timeout_seconds: float = 0.0,
     ) -> None:
         self._deriver = deriver
         self._pool = pool
         self._metrics = metrics
         self._default_direction = default_direction
+        self._max_message_bytes = max_message_bytes
+        self._idle_timeout = stream_idle_timeout_seconds
         self._anonymous = Identity(default_direction, False, None)
         self._stream_numbers = itertools.count(1)
+        self._streams: dict[int, _OpenStream] = {}
         self.closing = False
         self.accepted = 0
-        self._open: set[asyncio.Task[object]] = set()
 
     def rpc_handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
         handler = grpc.stream_unary_rpc_method_handler(self.stream_taps)
@@ -99,19 +126,17 @@ class TapSink:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         if self.closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "tap-emulator is shutting down")
-        stream = next(self._stream_numbers)
-        task = asyncio.current_task()
-        if task is not None:
-            self._open.add(task)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _ENDINGS["shutdown"])
+        state = _OpenStream(next(self._stream_numbers), asyncio.current_task(), time.monotonic())
+        self._streams[state.number] = state
         metrics = self._metrics
         metrics.streams_opened.inc()
         metrics.streams_open.inc()
         outcome = "internal"
         peer = context.peer()
-        log.debug("stream %d opened by %s", stream, peer)
+        log.debug("stream %d opened by %s", state.number, peer)
         try:
-            await self._serve_stream(stream, requests)
+            await self._serve_stream(state, requests)
             outcome = "ok"
             return EMPTY_RESPONSE
         except _StreamRejectedError as rejection:
@@ -119,43 +144,59 @@ class TapSink:
             await context.abort(rejection.code, rejection.details)
             raise  # abort() raises; this line only satisfies the type checker
         except asyncio.CancelledError:
-            if not self.closing:
-                outcome = "cancelled"
+            if state.ended_by is None:
+                outcome = "cancelled"  # by the sender, or by the transport
                 raise
-            # Ended by our drain: tell the sender to go elsewhere (it may retry), and that
-            # everything it sent before was accepted.
-            outcome = "shutdown"
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "tap-emulator is shutting down; every message read before this was accepted",
-            )
+            # Ended by us (drain or idle): tell the sender it may reconnect or go elsewhere.
+            outcome = state.ended_by
+            details = _ENDINGS[state.ended_by].format(idle=self._idle_timeout)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, details)
             raise
         except Exception:
-            log.exception("stream %d from %s failed unexpectedly", stream, peer)
+            log.exception("stream %d from %s failed unexpectedly", state.number, peer)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in tap-emulator")
             raise
         finally:
-            if task is not None:
-                self._open.discard(task)
-            self._deriver.forget_stream(stream)
+            del self._streams[state.number]
+            self._deriver.forget_stream(state.number)
             metrics.streams_open.dec()
             metrics.streams_ended[outcome].inc()
-            log.debug("stream %d from %s ended: %s", stream, peer, outcome)
+            log.debug("stream %d from %s ended: %s", state.number, peer, outcome)
+
+    def _end(self, state: _OpenStream, reason: str) -> None:
+        if state.task is not None and state.ended_by is None:
+            state.ended_by = reason
+            state.task.cancel()
 
     async def end_streams(self, grace_seconds: float) -> None:
-        """Refuse new streams; give open ones `grace_seconds` to finish, then cancel them.
+        """Refuse new streams; give open ones `grace_seconds` to finish, then end them.
 
-        Cancelling loses nothing accepted: a message read off a stream is already owned by
-        the writer pool (see WriterPool.put)."""
+        Ending a stream loses nothing accepted: a message read off a stream is already owned
+        by the writer pool (see WriterPool.put)."""
         self.closing = True
-        if self._open:
-            await asyncio.wait(set(self._open), timeout=grace_seconds)
-        for task in set(self._open):
-            task.cancel()
-        if self._open:
-            await asyncio.wait(set(self._open))
+        tasks = {s.task for s in self._streams.values() if s.task is not None}
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_seconds)
+        for state in list(self._streams.values()):
+            self._end(state, "shutdown")
+        tasks = {s.task for s in self._streams.values() if s.task is not None}
+        if tasks:
+            await asyncio.wait(tasks)
 
-    async def _serve_stream(self, stream: int, requests: AsyncIterator[bytes]) -> None:
+    async def close_idle_streams(self) -> None:
+        """Run forever: end streams that sent nothing for the idle timeout (0: never)."""
+        if self._idle_timeout <= 0:
+            return
+        period = min(1.0, self._idle_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - self._idle_timeout
+            for state in list(self._streams.values()):
+                # A stream held back by a full queue is waiting for us, not idle.
+                if state.last_read < deadline and not state.waiting_for_room:
+                    self._end(state, "idle")
+
+    async def _serve_stream(self, state: _OpenStream, requests: AsyncIterator[bytes]) -> None:
         metrics = self._metrics
         pool = self._pool
         ledger = _Ledger()
@@ -164,22 +205,14 @@ class TapSink:
         index = 0
         async for raw in requests:
             arrived = time.monotonic()
+            state.last_read = arrived
             index += 1
+            request = self._decode(raw, index)
             self.accepted += 1
-            try:
-                request = StreamTapsRequest.FromString(raw)
-            except DecodeError as exc:
-                metrics.messages_rejected["decode"].inc()
-                raise _StreamRejectedError(
-                    "invalid_argument",
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"message {index} on this stream is not an envoy.service.tap.v3."
-                    f"StreamTapsRequest ({exc}); the {index - 1} before it were accepted",
-                ) from exc
             if not identified:
                 identified = request.HasField("identifier")
-                sender = self._identify(request, stream, first=index == 1)
-            derivation = self._deriver.derive(request, sender, stream)
+                sender = self._identify(request, state.number, first=index == 1)
+            derivation = self._deriver.derive(request, sender, state.number)
             self._count(derivation, sender, len(raw))
             for planned in derivation.files:
                 ledger.pending += 1
@@ -187,8 +220,33 @@ class TapSink:
                     planned.stem, planned.sequence, planned.payload, arrived, ledger.settle
                 )
                 if not pool.try_put(publication):
-                    await pool.put(publication)
+                    state.waiting_for_room = True
+                    try:
+                        await pool.put(publication)
+                    finally:
+                        state.waiting_for_room = False
+                        state.last_read = time.monotonic()
         await ledger.wait()
+
+    def _decode(self, raw: bytes, index: int) -> StreamTapsRequest:
+        if len(raw) > self._max_message_bytes:
+            self._metrics.messages_rejected["too_large"].inc()
+            raise _StreamRejectedError(
+                "resource_exhausted",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"message {index} on this stream is {len(raw)} bytes, over max_message_bytes "
+                f"({self._max_message_bytes}); the {index - 1} before it were accepted",
+            )
+        try:
+            return StreamTapsRequest.FromString(raw)
+        except DecodeError as exc:
+            self._metrics.messages_rejected["decode"].inc()
+            raise _StreamRejectedError(
+                "invalid_argument",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"message {index} on this stream is not an envoy.service.tap.v3."
+                f"StreamTapsRequest ({exc}); the {index - 1} before it were accepted",
+            ) from exc
 
     def _identify(self, request: StreamTapsRequest, stream: int, *, first: bool) -> Identity:
         if not request.HasField("identifier"):

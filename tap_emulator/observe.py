@@ -40,8 +40,9 @@ STREAM_OUTCOMES = (
     "resource_exhausted",
     "internal",
     "shutdown",
+    "idle",
 )
-REJECT_REASONS = ("decode",)
+REJECT_REASONS = ("decode", "too_large")
 WRITE_ERROR_REASONS = ("enospc", "edquot", "efbig", "eio", "erofs", "eacces", "other")
 FALLBACK_KINDS = ("socket", "other")
 
@@ -188,6 +189,13 @@ class Metrics:
             registry=r,
         )
         self.write_errors = {reason: errors.labels(reason) for reason in WRITE_ERROR_REASONS}
+        dropped = Counter(
+            f"{PREFIX}_files_dropped",
+            "Files given up after a failed publish (only with on_write_error: drop), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.files_dropped = {reason: dropped.labels(reason) for reason in WRITE_ERROR_REASONS}
         self.sequence_collisions = Counter(
             f"{PREFIX}_sequence_collisions",
             "Publishes that found their name taken on disk and moved to the next free number",

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from tap_emulator.observe import Metrics
@@ -53,6 +54,13 @@ _ERROR_REASONS = {
     errno.EACCES: "eacces",
     errno.EPERM: "eacces",
 }
+
+
+class WriteErrorPolicy(StrEnum):
+    """What a writer does with a file it cannot publish (disk full, read-only, I/O error)."""
+
+    BLOCK = "block"  # retry with backoff until it works; the queue fills, senders wait
+    DROP = "drop"  # give the file up, count it, and go on with the next
 
 
 class OutputDirError(Exception):
@@ -105,6 +113,7 @@ class WriterPool:
         retry_initial_seconds: float = 0.05,
         retry_max_seconds: float = 5.0,
         retention: RetentionPolicy | None = None,
+        on_error: WriteErrorPolicy = WriteErrorPolicy.BLOCK,
     ) -> None:
         self.directory = directory
         self._metrics = metrics
@@ -117,6 +126,8 @@ class WriterPool:
         self._retry_initial = retry_initial_seconds
         self._retry_max = retry_max_seconds
         self._ledger = RetentionLedger(retention) if retention and retention.enabled else None
+        self._on_error = on_error
+        self.dropped = 0
 
         self._dir_fd: int | None = None
         self._needs_chmod = False
@@ -276,8 +287,15 @@ class WriterPool:
                 self.failing = None
                 backoff = self._retry_initial
                 continue
-            self._pending.extendleft(reversed(batch[result.published :]))
             self._record_failure(result.error)
+            if result.published == len(batch):
+                continue  # every file is out; only the directory's fsync failed
+            failed, rest = batch[result.published], batch[result.published + 1 :]
+            if self._on_error is WriteErrorPolicy.DROP:
+                self._drop(failed, result.error)
+                self._pending.extendleft(reversed(rest))
+                continue
+            self._pending.extendleft(reversed([failed, *rest]))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._retry_max)
 
@@ -292,6 +310,13 @@ class WriterPool:
                 publication.done()
         metrics.files_written.inc(len(published))
         self.published += len(published)
+
+    def _drop(self, publication: Publication, error: OSError) -> None:
+        self._metrics.files_dropped[_ERROR_REASONS.get(error.errno or 0, "other")].inc()
+        self.dropped += 1
+        self._release(publication)
+        if publication.done is not None:
+            publication.done()
 
     def _record_failure(self, error: OSError) -> None:
         reason = _ERROR_REASONS.get(error.errno or 0, "other")

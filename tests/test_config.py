@@ -20,6 +20,7 @@ from tap_emulator.config import (
     load_settings,
 )
 from tap_emulator.naming import Direction, NameFormat
+from tap_emulator.writer import WriteErrorPolicy
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -126,6 +127,11 @@ def test_example_file_loads_to_the_expected_settings() -> None:
         default_direction=Direction.OUTBOUND,
         max_message_bytes=32 * MiB,
         max_concurrent_streams=200,
+        stream_idle_timeout_seconds=900.0,
+        on_write_error=WriteErrorPolicy.DROP,
+        tls_cert_file=Path("/etc/tap-emulator/tls/tls.crt"),
+        tls_key_file=Path("/etc/tap-emulator/tls/tls.key"),
+        tls_client_ca_file=Path("/etc/tap-emulator/tls/ca.crt"),
         correlation_max_entries=50_000,
         correlation_idle_seconds=120.0,
         drain_timeout_seconds=45.5,
