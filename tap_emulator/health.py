@@ -16,8 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from grpc_health.v1 import health_pb2
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tap_emulator.observe import Metrics

@@ -197,7 +197,6 @@ class TapSink:
                     self._end(state, "idle")
 
     async def _serve_stream(self, state: _OpenStream, requests: AsyncIterator[bytes]) -> None:
-        metrics = self._metrics
         pool = self._pool
         ledger = _Ledger()
         sender = self._anonymous
