@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import cycle
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 import payloads
@@ -42,9 +42,12 @@ CLIENT_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", -1),
 ]
 #: How long a stream waits for its last write, then for the server's answer, when stopping.
-FINISH_TIMEOUT_S = 2.0
+FINISH_TIMEOUT_S = 1.0
 
-StreamCall = grpc.aio.StreamUnaryCall  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    StreamCall: TypeAlias = grpc.aio.StreamUnaryCall[bytes, bytes]
 
 
 @dataclass(slots=True)
@@ -65,21 +68,23 @@ class Tally:
             self.details[details[:200]] += 1
 
 
-def emit(event: str, **fields: Any) -> None:
+def emit(event: str, **fields: object) -> None:
     """Write one JSON line to stdout for the runner."""
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
 
 
 def stream_messages(messages: payloads.PayloadSet) -> Iterator[bytes]:
-    """The identifier-bearing message, then the others over and over."""
+    """Yield the identifier-bearing message, then the others over and over."""
     yield messages.first
     yield from cycle(messages.rest)
 
 
 def new_call(channel: grpc.aio.Channel) -> StreamCall:
     """Start one raw-bytes ``StreamTaps`` call."""
-    method = channel.stream_unary(PATH, request_serializer=None, response_deserializer=None)
+    method: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+        PATH, request_serializer=None, response_deserializer=None
+    )
     return method()
 
 
@@ -157,8 +162,7 @@ async def generate(args: argparse.Namespace) -> Tally:
     tally = Tally()
     target = f"{HOST}:{args.port}"
     channels = [
-        grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS)
-        for _ in range(args.connections)
+        grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS) for _ in range(args.connections)
     ]
     try:
         if args.oversize:
@@ -167,9 +171,7 @@ async def generate(args: argparse.Namespace) -> Tally:
         messages = payloads.payload_set(args.kind, variety=args.variety)
         streams = [
             asyncio.create_task(
-                run_stream(
-                    channels[i % len(channels)], messages, tally, stop, opened, args.streams
-                )
+                run_stream(channels[i % len(channels)], messages, tally, stop, opened, args.streams)
             )
             for i in range(args.streams)
         ]

@@ -19,9 +19,10 @@ import random
 import uuid
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import base_pb2
-from envoy.data.tap.v3 import common_pb2, http_pb2, wrapper_pb2
-from envoy.service.tap.v3 import tap_pb2
+# xds-protos ships no type stubs.
+from envoy.config.core.v3 import base_pb2  # type: ignore[import-untyped]
+from envoy.data.tap.v3 import common_pb2, http_pb2, wrapper_pb2  # type: ignore[import-untyped]
+from envoy.service.tap.v3 import tap_pb2  # type: ignore[import-untyped]
 from google.protobuf import struct_pb2, timestamp_pb2
 
 NODE_ID = "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local"
@@ -30,7 +31,7 @@ TAP_ID = "inbound"
 
 #: Body sizes of the named payload kinds, in bytes.
 BODY_SIZES: dict[str, int] = {
-    "small": 1024,  # ~1.5 KB messages: the common case
+    "small": 1024,  # ~1.6 KB messages: the common case
     "large": 64 * 1024,  # 64 KiB body
     "mib": 1024 * 1024,  # 1 MiB body: the stalled-handler memory test
 }
@@ -109,12 +110,11 @@ def build_request(
     body_size: int, rng: random.Random, *, sequence: int, with_identifier: bool
 ) -> bytes:
     """Serialize one ``StreamTapsRequest``; the first of a stream has the identifier."""
-    request = tap_pb2.StreamTapsRequest(
-        trace_id=sequence, trace=build_trace(body_size, rng)
-    )
+    request = tap_pb2.StreamTapsRequest(trace_id=sequence, trace=build_trace(body_size, rng))
     if with_identifier:
         request.identifier.CopyFrom(_identifier())
-    return request.SerializeToString()
+    serialized: bytes = request.SerializeToString()
+    return serialized
 
 
 def payload_set(kind: str, *, variety: int = DEFAULT_VARIETY, seed: int = 1) -> PayloadSet:
@@ -133,9 +133,7 @@ def main() -> None:
     """Print the sizes of every payload kind."""
     for kind in BODY_SIZES:
         payloads = payload_set(kind, variety=4)
-        print(
-            f"{kind:6} first={len(payloads.first):>8} B  others~{payloads.mean_size:>10.0f} B"
-        )
+        print(f"{kind:6} first={len(payloads.first):>8} B  others~{payloads.mean_size:>10.0f} B")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ A generic handler takes the raw message bytes (no deserializer), counts them and
 them. ``--bdp-probe off`` (the default) sets ``grpc.http2.bdp_probe=0``, which bounds what
 the transport takes in while a handler does not read (decisions.md §2); ``--bdp-probe on``
 keeps gRPC's default, for the memory comparison. The receive limit is 16 MiB either way.
+``--option NAME=INTEGER`` adds a channel argument, e.g. a fixed stream window with
+``grpc.http2.lookahead_bytes=262144``.
 
     python benchmarks/transport/server_grpc_aio.py --port 50051 [--loop uvloop] [--parse]
 """
@@ -19,7 +21,7 @@ from serverkit import Counters
 
 
 def server_options(*, bdp_probe: bool, extra: list[str]) -> list[tuple[str, int]]:
-    """Channel arguments: the receive limit, BDP probing off unless asked, then ``extra``.
+    """Build the channel arguments: receive limit, BDP probing off unless asked, ``extra``.
 
     ``extra`` holds ``NAME=INTEGER`` strings from ``--option``.
     """
@@ -35,7 +37,7 @@ def server_options(*, bdp_probe: bool, extra: list[str]) -> list[tuple[str, int]
 def make_handler(
     counters: Counters, parse: Callable[[bytes], object] | None, *, stall: bool
 ) -> grpc.GenericRpcHandler:
-    """A generic handler for ``StreamTaps`` that counts raw bytes and answers empty."""
+    """Build a generic handler for ``StreamTaps`` that counts raw bytes and answers empty."""
 
     async def stream_taps(
         requests: AsyncIterator[bytes], _context: grpc.aio.ServicerContext[bytes, bytes]
@@ -53,7 +55,7 @@ def make_handler(
             counters.streams_closed += 1
         return b""  # an empty StreamTapsResponse
 
-    method = grpc.stream_unary_rpc_method_handler(
+    method: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_unary_rpc_method_handler(
         stream_taps, request_deserializer=None, response_serializer=None
     )
     return grpc.method_handlers_generic_handler(serverkit.SERVICE, {serverkit.METHOD: method})
@@ -62,7 +64,9 @@ def make_handler(
 async def serve(args: argparse.Namespace) -> None:
     """Serve until stopped, then print the final counters."""
     counters = Counters()
-    server = grpc.aio.server(options=server_options(bdp_probe=args.bdp_probe == "on", extra=args.option))
+    server = grpc.aio.server(
+        options=server_options(bdp_probe=args.bdp_probe == "on", extra=args.option)
+    )
     server.add_generic_rpc_handlers(
         [make_handler(counters, serverkit.message_parser(args.parse), stall=args.stall)]
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import serverkit
 from grpclib.const import Cardinality, Handler
@@ -26,12 +25,13 @@ class RawCodec(CodecBase):
 
     __content_subtype__ = "proto"
 
-    def encode(self, message: Any, message_type: Any) -> bytes:  # noqa: ANN401
+    def encode(self, message: object, message_type: object) -> bytes:
         """Messages are already bytes."""
-        assert isinstance(message, bytes)
+        if not isinstance(message, bytes):
+            raise TypeError(f"expected bytes, got {type(message).__name__}")
         return message
 
-    def decode(self, data: bytes, message_type: Any) -> bytes:  # noqa: ANN401
+    def decode(self, data: bytes, message_type: object) -> bytes:
         """Hand the bytes to the handler as they came."""
         return data
 
@@ -64,16 +64,12 @@ class TapSink:
             counters.streams_closed += 1
 
     def __mapping__(self) -> Mapping[str, Handler]:
-        """grpclib's routing table."""
-        return {
-            serverkit.PATH: Handler(
-                self.stream_taps, Cardinality.STREAM_UNARY, bytes, bytes
-            )
-        }
+        """Map the method's path to its handler (grpclib's routing table)."""
+        return {serverkit.PATH: Handler(self.stream_taps, Cardinality.STREAM_UNARY, bytes, bytes)}
 
 
 def bind(port: int) -> socket.socket:
-    """A listening TCP socket on loopback, so port 0 can be read back."""
+    """Bind a TCP socket on loopback, so that port 0 can be read back."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((serverkit.HOST, port))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -44,22 +46,19 @@ class Counters:
 
 
 def proc_memory_kib(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS and VmHWM of a process in KiB, from ``/proc/<pid>/status`` (0 if gone)."""
+    """Read VmRSS and VmHWM of a process in KiB from ``/proc/<pid>/status`` (0 if gone)."""
     wanted = {"VmRSS:": "rss_kib", "VmHWM:": "hwm_kib"}
     found = dict.fromkeys(wanted.values(), 0)
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                key, _, rest = line.partition("\t")
-                if key in wanted:
-                    found[wanted[key]] = int(rest.split()[0])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+            key, _, rest = line.partition("\t")
+            if key in wanted:
+                found[wanted[key]] = int(rest.split()[0])
     return found
 
 
 def snapshot(counters: Counters) -> dict[str, Any]:
-    """Counters plus this process's CPU seconds and memory, at one instant."""
+    """Take the counters plus this process's CPU seconds and memory, at one instant."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         **asdict(counters),
@@ -69,14 +68,14 @@ def snapshot(counters: Counters) -> dict[str, Any]:
     }
 
 
-def emit(event: str, **fields: Any) -> None:
+def emit(event: str, **fields: object) -> None:
     """Write one JSON line to stdout for the runner."""
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
 
 
 def argument_parser(description: str) -> argparse.ArgumentParser:
-    """The flags every benchmark server takes."""
+    """Build a parser with the flags every benchmark server takes."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any)")
     parser.add_argument(
@@ -102,20 +101,20 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
 
 
 def message_parser(enabled: bool) -> Callable[[bytes], object] | None:
-    """``StreamTapsRequest.FromString`` when parsing is on, else None.
+    """Return ``StreamTapsRequest.FromString`` when parsing is on, else None.
 
     xds-protos is imported only here, and only when asked for.
     """
     if not enabled:
         return None
-    from envoy.service.tap.v3 import tap_pb2  # noqa: PLC0415
+    from envoy.service.tap.v3 import tap_pb2  # type: ignore[import-untyped]
 
     parse: Callable[[bytes], object] = tap_pb2.StreamTapsRequest.FromString
     return parse
 
 
 async def stall_forever() -> None:
-    """What a stalled handler does after its first message: wait until cancelled."""
+    """Wait until cancelled: what a stalled handler does after its first message."""
     await asyncio.Event().wait()
 
 
@@ -126,10 +125,8 @@ async def serve_until_stopped(counters: Counters, lifetime: float) -> None:
     loop.add_signal_handler(signal.SIGUSR1, lambda: emit("snapshot", **snapshot(counters)))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=lifetime)
-    except TimeoutError:
-        pass
     for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(signum)
 
@@ -137,7 +134,7 @@ async def serve_until_stopped(counters: Counters, lifetime: float) -> None:
 def run(main: Callable[[], Coroutine[Any, Any, None]], loop_name: str) -> None:
     """Run ``main`` on the chosen event loop."""
     if loop_name == "uvloop":
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
