@@ -47,7 +47,10 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 proto: $(STAMP) ## regenerate tap_emulator/_proto from proto/envoy
 	$(BIN)/python scripts/generate_proto.py
 
+demo: $(STAMP) ## real Envoy + backends + relay + emulator on loopback; prints the captured files
+	$(BIN)/python scripts/demo.py $(ARGS)
+
 docs: $(STAMP) ## regenerate docs/settings.md and docs/metrics.md from the code
 	$(BIN)/python scripts/generate_docs.py
 
-.PHONY: help venv run tools manifests test lint proto docs
+.PHONY: help venv run tools manifests test lint proto docs demo

@@ -6,8 +6,7 @@ place that exits the process.
     tap-emulator relay --envoy-admin URL --to HOST:PORT ...
     tap-emulator replay PATH... --to HOST:PORT ...
 
-Each tool module under tap_emulator/tools/ registers its own subcommand (`register`) and
-runs it (`main(args) -> exit status`).
+relay and replay register their own subcommands (`register`) and run them (`main(args)`).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from tap_emulator import __version__
@@ -31,6 +29,7 @@ from tap_emulator.config import (
     Settings,
     load_settings,
 )
+from tap_emulator.tools import relay, replay
 
 EXIT_USAGE = 2
 
@@ -105,18 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--compact", action="store_true", help="one JSON object per line instead of indented"
     )
-    for tool in _tools():
-        tool.register(commands)
+    relay.register(commands)
+    replay.register(commands)
     return parser
-
-
-def _tools() -> list[ModuleType]:
-    """Tool modules that register a subcommand of their own (relay, replay)."""
-    from importlib import import_module
-    from importlib.util import find_spec
-
-    names = ("tap_emulator.tools.relay", "tap_emulator.tools.replay")
-    return [import_module(name) for name in names if find_spec(name) is not None]
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -432,13 +432,21 @@ class WriterPool:
         return low
 
     def probe_writable(self) -> str | None:
-        """Try to create and remove a temporary file; None if that works, else why not."""
+        """Try to create a file in the directory; None if that works, else why not.
+
+        An unnamed O_TMPFILE file leaves nothing for anyone to see; where the file system
+        does not support it, a named temporary is created and removed at once."""
         dir_fd = self._fd()
-        temp = f"{TEMP_PREFIX}{os.getpid()}-probe"
         try:
-            fd = os.open(temp, _OPEN_FLAGS, self._file_mode, dir_fd=dir_fd)
-            os.close(fd)
-            os.unlink(temp, dir_fd=dir_fd)
+            try:
+                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+                os.close(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                temp = f"{TEMP_PREFIX}{os.getpid()}-probe"
+                os.close(os.open(temp, _OPEN_FLAGS, 0o600, dir_fd=dir_fd))
+                os.unlink(temp, dir_fd=dir_fd)
         except OSError as exc:
             return f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror}"
         return None

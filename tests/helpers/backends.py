@@ -328,15 +328,16 @@ def grpc_call(
     with grpc.insecure_channel(f"{LOOPBACK}:{port}", options=options) as channel:
         exchange = Exchange(request_headers=list(metadata), request_body=grpc_frame(request))
         if method == GRPC_UNARY:
-            unary = channel.unary_unary(method)
-            response, call = unary.with_call(request, metadata=metadata, timeout=timeout)
+            unary = channel.unary_unary(method, None, None)
+            response, call = unary.with_call(request, metadata=tuple(metadata), timeout=timeout)
             exchange.messages = [response]
         else:
-            stream = channel.unary_stream(method)
-            call = stream(request, metadata=metadata, timeout=timeout)
+            stream = channel.unary_stream(method, None, None)
+            call = stream(request, metadata=tuple(metadata), timeout=timeout)
             exchange.messages = list(call)
         exchange.status = call.code().value[0]
-        exchange.response_trailers = [(m.key, str(m.value)) for m in call.trailing_metadata()]
+        exchange.response_headers = [(m[0], str(m[1])) for m in call.initial_metadata()]
+        exchange.response_trailers = [(m[0], str(m[1])) for m in call.trailing_metadata()]
         exchange.response_body = b"".join(grpc_frame(m) for m in exchange.messages)
         return exchange
 
