@@ -50,7 +50,18 @@ proto: $(STAMP) ## regenerate tap_emulator/_proto from proto/envoy
 demo: $(STAMP) ## real Envoy + backends + relay + emulator on loopback; prints the captured files
 	$(BIN)/python scripts/demo.py $(ARGS)
 
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := derive naming
+
+fuzz: $(STAMP) ## run each atheris target for FUZZ_SECONDS (default 60); finds go to .fuzz/
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	set -e; for target in $(FUZZ_TARGETS); do \
+	  mkdir -p .fuzz/$$target; \
+	  $(BIN)/python tests/fuzz/$${target}_target.py -max_total_time=$(FUZZ_SECONDS) \
+	    -print_final_stats=1 -artifact_prefix=.fuzz/ .fuzz/$$target tests/fuzz/corpus/$$target; \
+	done
+
 docs: $(STAMP) ## regenerate docs/settings.md and docs/metrics.md from the code
 	$(BIN)/python scripts/generate_docs.py
 
-.PHONY: help venv run tools manifests test lint proto docs demo
+.PHONY: help venv run tools manifests test lint proto docs demo fuzz

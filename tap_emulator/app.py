@@ -56,6 +56,8 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
     - The transport accepts messages up to twice max_message_bytes so that the handler sees,
       counts and refuses the ones just over the limit with a status that says why; beyond
       that the transport refuses them itself (RESOURCE_EXHAUSTED, not counted by us).
+    - Each connection may open max_streams_per_connection streams (advertised in HTTP/2
+      SETTINGS), inside the process-wide max_concurrent_streams.
     - Keepalive: the server pings a connection idle for 2 minutes and drops it if no answer
       comes within 20 s (dead proxies do not hold streams open); clients may ping at most
       every 30 s without data, and two pings too many get GOAWAY (gRPC's ping strikes).
@@ -65,6 +67,7 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", 256 * 1024),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_time_ms", 120_000),
         ("grpc.keepalive_timeout_ms", 20_000),

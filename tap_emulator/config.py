@@ -73,7 +73,10 @@ class Settings:
         Direction.INBOUND, "direction of streams whose tap_id ends in neither inbound nor outbound"
     )
     max_message_bytes: int = _setting(16 * MiB, "largest StreamTapsRequest accepted")
-    max_concurrent_streams: int = _setting(1000, "StreamTaps calls served at once")
+    max_concurrent_streams: int = _setting(1000, "StreamTaps calls served at once, in all")
+    max_streams_per_connection: int = _setting(
+        100, "streams one HTTP/2 connection may open (so one client cannot take every slot)"
+    )
     stream_idle_timeout_seconds: float = _setting(
         600.0, "end a stream that sent nothing this long with UNAVAILABLE (0: never)"
     )
@@ -175,6 +178,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "redact_headers": _header_names,
     "max_message_bytes": _in_range(1 * KiB, 2 * GiB - 1),
     "max_concurrent_streams": _in_range(1, 1_000_000),
+    "max_streams_per_connection": _in_range(1, 1_000_000),
     "stream_idle_timeout_seconds": _in_range(0, 30 * 24 * 3600),
     "correlation_max_entries": _in_range(1, 100_000_000),
     "correlation_idle_seconds": _in_range(0.001, 7 * 24 * 3600),

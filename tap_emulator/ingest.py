@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.derive import Derivation, Deriver, TraceKind
 from tap_emulator.naming import UNKNOWN_NAMESPACE, Direction, Identity, identity
-from tap_emulator.observe import Metrics
+from tap_emulator.observe import Metrics, ThrottledLog
 from tap_emulator.writer import Publication, WriterPool
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ class TapSink:
         self._anonymous = Identity(default_direction, False, None)
         self._stream_numbers = itertools.count(1)
         self._streams: dict[int, _OpenStream] = {}
+        self._refusals = ThrottledLog(log)
         self.closing = False
         self.accepted = 0
 
@@ -141,6 +142,9 @@ class TapSink:
             return EMPTY_RESPONSE
         except _StreamRejectedError as rejection:
             outcome = rejection.outcome
+            self._refusals.warning(
+                rejection.outcome, "refused a stream from %s: %s", peer, rejection.details
+            )
             await context.abort(rejection.code, rejection.details)
             raise  # abort() raises; this line only satisfies the type checker
         except asyncio.CancelledError:

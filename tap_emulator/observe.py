@@ -11,7 +11,9 @@ objects (queue, correlation tables) are read at scrape time through callbacks.
 
 from __future__ import annotations
 
+import logging
 import platform
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -51,6 +53,28 @@ LATENCY_BUCKETS_SECONDS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+
+class ThrottledLog:
+    """Warnings about things that can repeat per message (refused input), at most one line
+    per reason per `period_seconds`, with the number left unsaid since the last line."""
+
+    def __init__(self, logger: logging.Logger, period_seconds: float = 10.0) -> None:
+        self._logger = logger
+        self._period = period_seconds
+        self._last: dict[str, float] = {}
+        self._unsaid: dict[str, int] = {}
+
+    def warning(self, reason: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._period:
+            self._unsaid[reason] = self._unsaid.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        unsaid = self._unsaid.pop(reason, 0)
+        suffix = f" ({unsaid} more like this not logged)" if unsaid else ""
+        self._logger.warning(message + suffix, *args)
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,7 @@ def test_example_file_loads_to_the_expected_settings() -> None:
         default_direction=Direction.OUTBOUND,
         max_message_bytes=32 * MiB,
         max_concurrent_streams=200,
+        max_streams_per_connection=50,
         stream_idle_timeout_seconds=900.0,
         on_write_error=WriteErrorPolicy.DROP,
         tls_cert_file=Path("/etc/tap-emulator/tls/tls.crt"),
