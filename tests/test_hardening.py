@@ -453,7 +453,9 @@ def test_streams_over_the_limit_get_resource_exhausted_while_the_others_succeed(
 
 
 def test_one_connection_cannot_take_every_stream_slot(start_emulator: Any) -> None:
-    emulator = start_emulator("--max-concurrent-streams", "20", "--max-streams-per-connection", "10")
+    emulator = start_emulator(
+        "--max-concurrent-streams", "20", "--max-streams-per-connection", "10"
+    )
     with RawH2(emulator.tap, timeout=30) as hog:
         hog.wait(lambda: hog.connection.frames_received > 0, 10)  # the server's SETTINGS
         opened = 0

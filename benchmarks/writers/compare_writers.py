@@ -14,6 +14,7 @@ coroutine enqueues N prepared messages into a bounded ``asyncio.Queue``; the
 strategies differ only in how the queue is drained:
 
 ``inline``          one task does the syscalls on the event loop (blocking it);
+``inline-tmpfile``  the same with O_TMPFILE;
 ``executor-T``      T tasks, one ``run_in_executor`` hop per file, T threads;
 ``aiofiles-C``      C tasks, ``aiofiles.open``/write/close + ``aiofiles.os.link``
                     + ``aiofiles.os.remove`` (five hops per file), C threads;
@@ -25,14 +26,23 @@ strategies differ only in how the queue is drained:
                     batch) or ``file+dir/file`` (both for every file).
 
 Phases, each with interleaved repeats (configurations rotate order every
-repeat) and the median of the repeats reported:
+repeat; the JSON keeps every run and the tables show the median):
 
-1. throughput (files/s, CPU per file) of every strategy, default asyncio loop;
-2. default loop against uvloop for the best configuration of the two best
-   strategy families;
-3. enqueue-to-publish latency (p50/p99) and event-loop lag of the best batched
-   writer count for B = 16/64/256, and of ``inline``, with the producer paced
-   at half of each configuration's measured peak.
+1.  throughput (files/s, CPU per file) of every strategy, default asyncio loop,
+    1.5 KB and 64 KiB messages;
+1b. the same for a subset with a busy event loop: the producer spends
+    ``--busy-us`` of pure-Python work per message, as the gRPC receive path
+    would, so the writers compete with the loop for the GIL and the cores;
+2.  default loop against uvloop for the best configuration of the two best
+    strategy families;
+3.  enqueue-to-publish latency (p50/p99) and event-loop lag, producer paced at
+    half of the measured peak: ``inline`` and W=1 batched with B = 16/64/256.
+
+Other processes on the machine are measured, not assumed away: every run
+records the CPU the rest of the machine used meanwhile (``foreign_cores``,
+from /proc/stat minus this process's rusage) and waits briefly for quiet
+before starting.  ``--cpus`` pins the process, e.g. to compare one core with
+two.
 
 Every run writes into a fresh sub-directory that is verified (exactly N final
 files, no temporary left) and removed afterwards.  Directories given with
@@ -409,7 +419,12 @@ def percentiles(values: Sequence[float], scale: float) -> dict[str, float]:
     def pick(q: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * scale, 3)
 
-    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": round(ordered[-1] * scale, 3)}
+    return {
+        "p50": pick(0.50),
+        "p90": pick(0.90),
+        "p99": pick(0.99),
+        "max": round(ordered[-1] * scale, 3),
+    }
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -534,7 +549,7 @@ class Bench:
         group = [
             s for s in self.samples if s.phase == "throughput" and s.fs == fs and s.size == size and s.strategy == label
         ]
-        values = [s.files_per_s for s in clean_or_all(group, self.args.foreign_threshold)]
+        values = [s.files_per_s for s in group]
         return statistics.median(values) if values else 0.0
 
 
@@ -571,7 +586,10 @@ def tmpfile_support(path: Path) -> dict[str, Any]:
         fd = os.open(".", TMPFILE_FLAGS, FILE_MODE, dir_fd=dfd)
     except OSError as exc:
         os.close(dfd)
-        return {"supported": False, "error": f"open: {errno.errorcode.get(exc.errno or 0, exc.errno)}"}
+        return {
+            "supported": False,
+            "error": f"open: {errno.errorcode.get(exc.errno or 0, exc.errno)}",
+        }
     try:
         os.write(fd, b"probe")
         os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
@@ -589,7 +607,10 @@ def tmpfile_support(path: Path) -> dict[str, Any]:
             "link_refuses_overwrite": refuses_overwrite,
         }
     except OSError as exc:
-        return {"supported": False, "error": f"link: {errno.errorcode.get(exc.errno or 0, exc.errno)}"}
+        return {
+            "supported": False,
+            "error": f"link: {errno.errorcode.get(exc.errno or 0, exc.errno)}",
+        }
     finally:
         os.close(fd)
         os.close(dfd)
@@ -613,6 +634,7 @@ def machine() -> dict[str, Any]:
 
     return {
         "nproc": os.cpu_count(),
+        "cpus_used": sorted(os.sched_getaffinity(0)),
         "cpu_model": cpu,
         "kernel": platform.release(),
         "mem_gib": round(mem_kib / 2**20, 1),
@@ -657,9 +679,12 @@ BUSY_SPECS = [
 
 
 def fsync_specs() -> list[Spec]:
-    base = Spec("batched", 2, 64)
+    """W=1 (the CPU-bound optimum) with each policy; more writers can overlap fsync waits."""
+    base = Spec("batched", 1, 64)
     return [replace(base, fsync=m) for m in ("dir", "file+dir", "file+dir/file")] + [
-        replace(base, tmpfile=True, fsync="file+dir")
+        replace(base, tmpfile=True, fsync="file+dir"),
+        replace(base, threads=2, fsync="file+dir"),
+        replace(base, threads=4, fsync="file+dir"),
     ]
 
 
@@ -702,13 +727,29 @@ def run_phases(bench: Bench, targets: list[tuple[str, Path, bool]]) -> dict[str,
     # where the loop thread also receives and parses every message).
     work = calibrate_burn(args.busy_us)
     busy = keep(BUSY_SPECS)
-    plan["busy"] = {"busy_us": args.busy_us, "burn_iterations": work, "strategies": [s.label for s in busy]}
+    plan["busy"] = {
+        "busy_us": args.busy_us,
+        "burn_iterations": work,
+        "strategies": [s.label for s in busy],
+    }
     if "busy" in phases and work:
-        print(f"phase 1b: busy event loop ({args.busy_us} us of Python per message, 1.5 KB)", flush=True)
+        print(
+            f"phase 1b: busy event loop ({args.busy_us} us of Python per message, 1.5 KB)",
+            flush=True,
+        )
         for rep in range(args.repeats):
             for fs, base, is_tmpfs in targets:
                 for spec in rotate(busy, rep * 3):
-                    bench.run("busy", fs, base, spec, SMALL_SIZE, count(is_tmpfs, "files"), rep, load=Load(work=work))
+                    bench.run(
+                        "busy",
+                        fs,
+                        base,
+                        spec,
+                        SMALL_SIZE,
+                        count(is_tmpfs, "files"),
+                        rep,
+                        load=Load(work=work),
+                    )
 
     # Phase 2: uvloop against asyncio for the best configuration of the two
     # best strategy families (by phase-1 medians).
@@ -735,20 +776,23 @@ def run_phases(bench: Bench, targets: list[tuple[str, Path, bool]]) -> dict[str,
                             bench.run("loops", fs, base, spec, size, count(is_tmpfs, key), rep, loop)
 
     # Phase 3: latency at ~50% of peak, small messages.  The batched
-    # configurations share one rate (half the best batched peak, at that
-    # peak's W) so that B is compared under the same load; inline gets half
-    # of its own peak.
+    # configurations (W=1, the recommended count, plus the best other W)
+    # share one rate, half the best W=1 batched peak, so that B is compared
+    # under the same load; inline gets half of its own peak.
     lat_specs: dict[str, list[tuple[Spec, float]]] = {}
     for fs, _base, _tmpfs in targets:
         pairs: list[tuple[Spec, float]] = []
         if bench.median(fs, SMALL_SIZE, "inline") > 0:
             pairs.append((Spec("inline"), 0.5 * bench.median(fs, SMALL_SIZE, "inline")))
         batched = [s for s in specs if s.family == "batched" and bench.median(fs, SMALL_SIZE, s.label) > 0]
-        if batched:
+        single = [s for s in batched if s.threads == 1]
+        if single:
+            rate = 0.5 * max(bench.median(fs, SMALL_SIZE, s.label) for s in single)
             best = max(batched, key=lambda s: bench.median(fs, SMALL_SIZE, s.label))
-            rate = 0.5 * bench.median(fs, SMALL_SIZE, best.label)
-            pairs += [(Spec("batched", best.threads, b), rate) for b in (16, 64, 256)]
-            pairs.append((Spec("batched", best.threads, 64, tmpfile=True), rate))
+            pairs += [(Spec("batched", 1, b), rate) for b in (16, 64, 256)]
+            pairs.append((Spec("batched", 1, 64, tmpfile=True), rate))
+            if best.threads != 1:
+                pairs.append((Spec("batched", best.threads, 64), rate))
         lat_specs[fs] = pairs
         plan["latency"][fs] = {s.label: round(r, 1) for s, r in pairs}
     if "latency" in phases:
@@ -769,14 +813,15 @@ def run_phases(bench: Bench, targets: list[tuple[str, Path, bool]]) -> dict[str,
 
 
 def summarize(bench: Bench) -> dict[str, Any]:
-    """Medians per configuration, over the runs other processes left alone."""
+    """Medians per configuration over all runs, and over the runs other processes left alone."""
     threshold = bench.args.foreign_threshold
     groups: dict[tuple[str, str, int, str, str], list[Sample]] = {}
     for s in bench.samples:
         groups.setdefault((s.phase, s.fs, s.size, s.strategy, s.loop), []).append(s)
     rows = []
     for (phase, fs, size, strategy, loop), everything in groups.items():
-        group = clean_or_all(everything, threshold)
+        group = everything
+        clean = clean_or_all(everything, threshold)
         row: dict[str, Any] = {
             "phase": phase,
             "fs": fs,
@@ -787,7 +832,7 @@ def summarize(bench: Bench) -> dict[str, Any]:
             "clean_runs": sum(is_clean(s, threshold) for s in everything),
             "files": group[0].files,
             "files_per_s_median": round(statistics.median(s.files_per_s for s in group), 1),
-            "files_per_s_median_all_runs": round(statistics.median(s.files_per_s for s in everything), 1),
+            "files_per_s_median_clean_runs": round(statistics.median(s.files_per_s for s in clean), 1),
             "files_per_s_runs": [s.files_per_s for s in everything],
             "foreign_cores_runs": [s.foreign_cores for s in everything],
             "cpu_us_per_file_median": round(statistics.median(s.cpu_us_per_file for s in group), 2),
@@ -811,7 +856,13 @@ def markdown_tables(summary: dict[str, Any], targets: list[tuple[str, Path, bool
         fs: str, size: int, strategy: str, loop: str = "asyncio", phase: str = "throughput"
     ) -> dict[str, Any] | None:
         for r in rows:
-            if (r["phase"], r["fs"], r["size"], r["strategy"], r["loop"]) == (phase, fs, size, strategy, loop):
+            if (r["phase"], r["fs"], r["size"], r["strategy"], r["loop"]) == (
+                phase,
+                fs,
+                size,
+                strategy,
+                loop,
+            ):
                 return r
         return None
 
@@ -821,19 +872,27 @@ def markdown_tables(summary: dict[str, Any], targets: list[tuple[str, Path, bool
             order.append(r["strategy"])
     head = "| strategy | " + " | ".join(f"{fs} {'1.5 KB' if size == SMALL_SIZE else '64 KiB'}" for fs, size in cols)
     head += " | " + " | ".join(f"{fs} 1.5 KB, busy loop" for fs in fss)
-    out = [head + " | CPU µs/file (" + fss[0] + " 1.5 KB) |", "|---" * (len(cols) + len(fss) + 2) + "|"]
+    out = [
+        head + " | CPU µs/file (" + fss[0] + " 1.5 KB) |",
+        "|---" * (len(cols) + len(fss) + 2) + "|",
+    ]
     for strategy in order:
         cells = []
         for fs, size, phase in [(fs, size, "throughput") for fs, size in cols] + [
             (fs, SMALL_SIZE, "busy") for fs in fss
         ]:
             c = cell(fs, size, strategy, phase=phase)
-            mark = "" if not c or c["clean_runs"] else "*"
+            runs = c["files_per_s_runs"] if c else []
+            mark = " ±" if runs and max(runs) > 1.5 * min(runs) else ""
             cells.append(f"{c['files_per_s_median']:,.0f}{mark}" if c else "–")
         first = cell(fss[0], SMALL_SIZE, strategy)
         cpu = f"{first['cpu_us_per_file_median']:.1f}" if first else "–"
         out.append(f"| {strategy} | " + " | ".join(cells) + f" | {cpu} |")
-    out += ["", "| fs | size | strategy | asyncio files/s | uvloop files/s |", "|---|---|---|---|---|"]
+    out += [
+        "",
+        "| fs | size | strategy | asyncio files/s | uvloop files/s |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["phase"] == "loops" and r["loop"] == "uvloop":
             a = cell(r["fs"], r["size"], r["strategy"], "asyncio", "loops")
@@ -878,15 +937,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="phase 1b: pure-Python work per message on the event loop, standing in for the gRPC receive path",
     )
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cpus", default="", help="pin the process to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
+    p.add_argument(
+        "--phases",
+        default="throughput,busy,loops,latency",
+        help="comma-separated phases to run (loops and latency use the throughput medians)",
+    )
     p.add_argument("--only", default="", help="regular expression: run only the strategies whose label matches")
     p.add_argument(
         "--foreign-threshold",
         type=float,
         default=0.3,
-        help="runs during which other processes used more CPU (in cores) than this are left out of the medians",
+        help="other processes' CPU use (cores) above which a run counts as disturbed (see *_clean_runs in the JSON)",
     )
     p.add_argument(
-        "--quiet-budget", type=float, default=60.0, help="total seconds to wait for other processes to go quiet"
+        "--quiet-budget",
+        type=float,
+        default=30.0,
+        help="total seconds to wait for other processes to go quiet before runs",
     )
     p.add_argument("--queue", type=int, default=1024, help="bound of the asyncio.Queue (items)")
     p.add_argument("--latency-seconds", type=float, default=1.5, help="length of each paced latency run")
@@ -896,6 +964,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     bench = Bench(args)
     created: list[Path] = []
     targets: list[tuple[str, Path, bool]] = []
