@@ -203,7 +203,8 @@ async def start(emulator: Emulator) -> None:
     await emulator.grpc_health.serving(emulator.readiness.problem() is None)
     log.info(
         "tap-emulator %s listening tap=%s metrics=%s output_dir=%s writers=%d "
-        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s transport=%s tls=%s%s",
+        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s transport=%s tls=%s "
+        "publish=%s%s",
         __version__,
         _show(emulator.tap_address),
         _show(emulator.metrics_address) if emulator.metrics_address else "off",
@@ -215,6 +216,7 @@ async def start(emulator: Emulator) -> None:
         settings.name_format.value,
         TRANSPORT,
         "mutual" if settings.tls_client_ca_file else ("on" if credentials else "off"),
+        emulator.pool.publishing_method,
         f" (removed {removed} stale temporary files)" if removed else "",
     )
 

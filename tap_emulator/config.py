@@ -50,8 +50,10 @@ class Settings:
     )
     # The seed's contract: files land in /tmp unless told otherwise.
     output_dir: Path = _setting(Path("/tmp"), "directory the .pb files are published in")  # noqa: S108
-    writers: int = _setting(2, "writer tasks publishing batches in parallel")
-    writer_batch_max_items: int = _setting(64, "most files one writer publishes per thread hop")
+    writers: int = _setting(
+        1, "writer tasks publishing batches in parallel (2-4 pay off only with fsync on a disk)"
+    )
+    writer_batch_max_items: int = _setting(256, "most files one writer publishes per thread hop")
     queue_max_items: int = _setting(10_000, "writer queue bound in files (queued or being written)")
     queue_max_bytes: int = _setting(
         64 * MiB, "writer queue bound in bytes; a full queue stops reading the streams"

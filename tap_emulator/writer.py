@@ -6,15 +6,15 @@ control pushes back on the sender, memory stays bounded and nothing is dropped.
 
 Writer tasks take up to `batch_max_items` files at a time and publish the batch in one
 executor call (one thread hop per batch, not per file; see docs/measurements/writers.md).
-Each file is published by:
-1. creating `.tap-emulator-tmp-<pid>-<n>` with O_EXCL|O_NOFOLLOW relative to a directory fd
-   opened once at start, writing it completely (and fsyncing it, if asked);
-2. `link`ing it to its final name, which fails with EEXIST instead of overwriting: the
-   file then takes the next free sequence number;
-3. unlinking the temporary name.
-A reader therefore never sees a partial file, and names never contain `/` (see naming.py),
-so nothing can land outside the directory. Temporary files left by a crash are removed at
-start; nothing else in the directory is ever touched.
+Each file is written completely (and fsynced, if asked) before it gets its name, then
+`link`ed to that name relative to a directory fd opened once at start; `link` fails with
+EEXIST instead of overwriting, and the file then takes the next free sequence number. The
+file is written either as an unnamed O_TMPFILE file, linked through /proc/self/fd (nothing
+to clean up, nothing left by a crash), or, where the file system or /proc does not allow
+that, as `.tap-emulator-tmp-<pid>-<n>` created with O_EXCL|O_NOFOLLOW and unlinked after
+the link. A reader therefore never sees a partial file, and names never contain `/` (see
+naming.py), so nothing can land outside the directory. Named temporaries left by a crash
+are removed at start; nothing else in the directory is ever touched.
 
 A failed publish (disk full, read-only volume, I/O error) is counted and retried with
 capped exponential backoff while the queue fills and backpressure holds the senders; the
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".tap-emulator-tmp-"
 SUFFIX = ".pb"
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_UNNAMED_FLAGS = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+_PROBE_NAME = f"{TEMP_PREFIX}unnamed-probe"
 _ERROR_REASONS = {
     errno.ENOSPC: "enospc",
     errno.EDQUOT: "edquot",
@@ -104,8 +106,8 @@ class WriterPool:
         directory: Path,
         metrics: Metrics,
         *,
-        writers: int = 2,
-        batch_max_items: int = 64,
+        writers: int = 1,
+        batch_max_items: int = 256,
         max_items: int = 10_000,
         max_bytes: int = 64 * 1024 * 1024,
         fsync: bool = False,
@@ -114,6 +116,7 @@ class WriterPool:
         retry_max_seconds: float = 5.0,
         retention: RetentionPolicy | None = None,
         on_error: WriteErrorPolicy = WriteErrorPolicy.BLOCK,
+        unnamed_temporaries: bool = True,
     ) -> None:
         self.directory = directory
         self._metrics = metrics
@@ -132,6 +135,9 @@ class WriterPool:
         self._dir_fd: int | None = None
         self._needs_chmod = False
         self._temp_names = itertools.count()
+        self._pid = os.getpid()
+        self._unnamed_temporaries = False
+        self._allow_unnamed = unnamed_temporaries
         self._pending: deque[Publication] = deque()
         self._waiters: deque[tuple[Publication, asyncio.Future[None]]] = deque()
         self._items = 0
@@ -162,6 +168,7 @@ class WriterPool:
         os.umask(umask)
         self._needs_chmod = bool(self._file_mode & umask)
         removed = self._sweep_temporaries()
+        self._unnamed_temporaries = self._allow_unnamed and self._unnamed_temporaries_work()
         ledger = self._ledger
         if ledger is not None:
             ledger.scan(self._dir_fd)
@@ -360,35 +367,53 @@ class WriterPool:
 
     def _publish(self, publication: Publication) -> int:
         """Publish one file; returns how many taken names it had to skip."""
+        if self._unnamed_temporaries:
+            return self._publish_unnamed(publication)
         dir_fd = self._fd()
-        temp = f"{TEMP_PREFIX}{os.getpid()}-{next(self._temp_names)}"
+        temp = f"{TEMP_PREFIX}{self._pid}-{next(self._temp_names)}"
         fd = os.open(temp, _OPEN_FLAGS, self._file_mode, dir_fd=dir_fd)
         try:
             try:
-                if self._needs_chmod:
-                    os.fchmod(fd, self._file_mode)
-                view = memoryview(publication.payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self._fsync:
-                    os.fsync(fd)
+                self._fill(fd, publication.payload)
             finally:
                 os.close(fd)
-            return self._link_free(temp, publication)
+            return self._link_free(temp, dir_fd, publication)
         finally:
             os.unlink(temp, dir_fd=dir_fd)
 
-    def _link_free(self, temp: str, publication: Publication) -> int:
+    def _publish_unnamed(self, publication: Publication) -> int:
+        """The same through an O_TMPFILE file: it has no name until it is linked, so a crash
+        can leave nothing behind, and there is no temporary name to clean up."""
+        fd = os.open(".", _UNNAMED_FLAGS, self._file_mode, dir_fd=self._fd())
+        try:
+            self._fill(fd, publication.payload)
+            return self._link_free(f"/proc/self/fd/{fd}", None, publication)
+        finally:
+            os.close(fd)
+
+    def _fill(self, fd: int, payload: bytes) -> None:
+        if self._needs_chmod:
+            os.fchmod(fd, self._file_mode)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        if self._fsync:
+            os.fsync(fd)
+
+    def _link_free(self, source: str, source_dir_fd: int | None, publication: Publication) -> int:
+        """Link `source` under the publication's name, or the next free number; returns how
+        many taken names were skipped. `link` never replaces an existing name."""
         dir_fd = self._fd()
         sequence = publication.sequence
         skipped = 0
         while True:
             try:
                 os.link(
-                    temp,
+                    source,
                     f"{publication.stem}-{sequence}{SUFFIX}",
-                    src_dir_fd=dir_fd,
+                    src_dir_fd=source_dir_fd,
                     dst_dir_fd=dir_fd,
+                    follow_symlinks=source_dir_fd is None,  # /proc/self/fd/N is a magic link
                 )
             except FileExistsError:
                 skipped += 1
@@ -450,6 +475,27 @@ class WriterPool:
         except OSError as exc:
             return f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror}"
         return None
+
+    def _unnamed_temporaries_work(self) -> bool:
+        """Whether this directory takes O_TMPFILE files and /proc can link them (checked once:
+        not every file system or container has both)."""
+        dir_fd = self._fd()
+        try:
+            fd = os.open(".", _UNNAMED_FLAGS, 0o600, dir_fd=dir_fd)
+        except OSError:
+            return False
+        try:
+            os.link(f"/proc/self/fd/{fd}", _PROBE_NAME, dst_dir_fd=dir_fd, follow_symlinks=True)
+            os.unlink(_PROBE_NAME, dir_fd=dir_fd)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    @property
+    def publishing_method(self) -> str:
+        return "o_tmpfile" if self._unnamed_temporaries else "named_temporary"
 
     def _sweep_temporaries(self) -> int:
         """Remove temporaries left by dead processes (ours only, by prefix)."""

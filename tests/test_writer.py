@@ -16,6 +16,12 @@ from tap_emulator.retention import RetentionPolicy
 from tap_emulator.writer import TEMP_PREFIX, OutputDirError, Publication, WriterPool
 
 
+@pytest.fixture(params=[True, False], ids=["o_tmpfile", "named_temporary"])
+def unnamed(request: pytest.FixtureRequest) -> bool:
+    """Both ways of publishing: unnamed O_TMPFILE files, and named temporaries."""
+    return bool(request.param)
+
+
 def pool_for(directory: Path, **options: int | bool) -> WriterPool:
     pool = WriterPool(directory, Metrics(), **options)  # type: ignore[arg-type]
     pool.open()
@@ -36,8 +42,11 @@ async def publish_all(pool: WriterPool, publications: list[Publication]) -> None
         await pool.close()
 
 
-async def test_files_are_published_whole_and_no_temporary_remains(tmp_path: Path) -> None:
-    pool = pool_for(tmp_path)
+async def test_files_are_published_whole_and_no_temporary_remains(
+    tmp_path: Path, unnamed: bool
+) -> None:
+    pool = pool_for(tmp_path, unnamed_temporaries=unnamed)
+    assert pool.publishing_method == ("o_tmpfile" if unnamed else "named_temporary")
     payloads = [os.urandom(size) for size in (0, 1, 1500, 70_000, 1_000_000)]
     await publish_all(pool, [Publication("stem", n, p) for n, p in enumerate(payloads, 1)])
 
@@ -47,12 +56,12 @@ async def test_files_are_published_whole_and_no_temporary_remains(tmp_path: Path
 
 
 async def test_taken_name_moves_to_the_next_free_number_and_keeps_the_old_file(
-    tmp_path: Path,
+    tmp_path: Path, unnamed: bool
 ) -> None:
     (tmp_path / "stem-1.pb").write_bytes(b"older run")
     (tmp_path / "stem-2.pb").write_bytes(b"older run too")
     metrics = Metrics()
-    pool = WriterPool(tmp_path, metrics)
+    pool = WriterPool(tmp_path, metrics, unnamed_temporaries=unnamed)
     pool.open()
     publication = Publication("stem", 1, b"new")
     await publish_all(pool, [publication])
@@ -75,10 +84,10 @@ def test_highest_published_finds_the_end_of_the_run(tmp_path: Path) -> None:
     assert pool.highest_published("b") == 0
 
 
-def test_file_mode_does_not_depend_on_the_umask(tmp_path: Path) -> None:
+def test_file_mode_does_not_depend_on_the_umask(tmp_path: Path, unnamed: bool) -> None:
     previous = os.umask(0)
     try:
-        pool = pool_for(tmp_path, file_mode=0o640)
+        pool = pool_for(tmp_path, file_mode=0o640, unnamed_temporaries=unnamed)
         asyncio.run(publish_all(pool, [Publication("s", 1, b"x")]))
     finally:
         os.umask(previous)
@@ -202,11 +211,19 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-async def test_full_disk_holds_files_until_space_returns_then_writes_all(small_tmpfs: Path) -> None:
+async def test_full_disk_holds_files_until_space_returns_then_writes_all(
+    small_tmpfs: Path, unnamed: bool
+) -> None:
     filler = small_tmpfs / "filler"
     filler.write_bytes(bytes(900 * 1024))
     metrics = Metrics()
-    pool = WriterPool(small_tmpfs, metrics, retry_initial_seconds=0.01, retry_max_seconds=0.05)
+    pool = WriterPool(
+        small_tmpfs,
+        metrics,
+        retry_initial_seconds=0.01,
+        retry_max_seconds=0.05,
+        unnamed_temporaries=unnamed,
+    )
     pool.open()
     await pool.start()
     payloads = [os.urandom(20 * 1024) for _ in range(20)]  # 400 KiB: does not fit
