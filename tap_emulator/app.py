@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from tap_emulator import __version__
 from tap_emulator.config import ConfigError, Settings, split_address
-from tap_emulator.correlate import SegmentNames, SequenceCounter
+from tap_emulator.correlate import SegmentNames, SequenceCounter, StemSketch
 from tap_emulator.derive import Deriver, NamingPolicy
 from tap_emulator.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.ingest import TapSink
@@ -110,6 +110,7 @@ class Emulator:
     readiness: Readiness
     grpc_health: GrpcHealth
     http: HttpEndpoint
+    sketch: StemSketch
     server: grpc.aio.Server | None = None
     tap_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None
@@ -129,8 +130,12 @@ def build(settings: Settings) -> Emulator:
         retention=RetentionPolicy(settings.retention_max_bytes, settings.retention_max_files),
         on_error=settings.on_write_error,
     )
+    sketch = StemSketch()
     sequences = SequenceCounter(
-        pool.highest_published, settings.correlation_max_entries, settings.correlation_idle_seconds
+        pool.highest_published,
+        settings.correlation_max_entries,
+        settings.correlation_idle_seconds,
+        sketch=sketch,
     )
     segments = SegmentNames(settings.correlation_max_entries, settings.correlation_idle_seconds)
     metrics.watch_table("sequences", partial(_table_stats, sequences))
@@ -160,6 +165,7 @@ def build(settings: Settings) -> Emulator:
         readiness=readiness,
         grpc_health=GrpcHealth(),
         http=HttpEndpoint(metrics, readiness),
+        sketch=sketch,
     )
 
 
@@ -177,6 +183,8 @@ def _output_problem(pool: WriterPool) -> str | None:
 async def start(emulator: Emulator) -> None:
     settings = emulator.settings
     removed = emulator.pool.open()
+    for stem in emulator.pool.existing_stems():
+        emulator.sketch.add(stem)  # so that only these (and stems used later) cost a lookup
     await emulator.pool.start()
 
     server = grpc.aio.server(

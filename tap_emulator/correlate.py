@@ -100,12 +100,41 @@ class BoundedLru(Generic[K, V]):
             self._on_evict(key)
 
 
+class StemSketch:
+    """Which stems may already have files on disk, in constant memory.
+
+    A Bloom filter with two hash positions over a fixed bit array: "no" is certain, "maybe"
+    sends the caller to the disk. It starts from one scan of the output directory and learns
+    every stem used since, so the common case (a trace id never seen before) costs no
+    system call; as it fills over a very long run, more answers become "maybe" and cost one
+    lookup on disk each, which is still correct.
+    """
+
+    def __init__(self, size_bits: int = 1 << 23) -> None:
+        if size_bits & (size_bits - 1):
+            raise ValueError("size_bits must be a power of two")
+        self._bits = bytearray(size_bits // 8)
+        self._mask = size_bits - 1
+
+    def _positions(self, stem: str) -> tuple[int, int]:
+        digest = hash(stem)
+        return digest & self._mask, (digest >> 32) & self._mask
+
+    def add(self, stem: str) -> None:
+        for position in self._positions(stem):
+            self._bits[position >> 3] |= 1 << (position & 7)
+
+    def might_contain(self, stem: str) -> bool:
+        return all(self._bits[p >> 3] & (1 << (p & 7)) for p in self._positions(stem))
+
+
 class SequenceCounter:
     """Hands out 1, 2, 3... per stem, continuing after what is already on disk.
 
     `floor(stem)` reports the highest sequence already published for a stem; it is asked
     only when a stem is not (or no longer) tracked, so a restart or an eviction never
-    reuses a number whose file exists.
+    reuses a number whose file exists. With a `sketch` of the stems that may have files,
+    it is not asked for stems that certainly have none.
     """
 
     def __init__(
@@ -114,8 +143,10 @@ class SequenceCounter:
         max_entries: int,
         idle_seconds: float,
         clock: Clock = time.monotonic,
+        sketch: StemSketch | None = None,
     ) -> None:
         self._floor = floor
+        self._sketch = sketch
         self._last: BoundedLru[str, int] = BoundedLru(max_entries, idle_seconds, clock)
 
     @property
@@ -128,7 +159,12 @@ class SequenceCounter:
     def next(self, stem: str) -> int:
         last = self._last.get(stem)
         if last is None:
-            last = self._floor(stem)
+            sketch = self._sketch
+            if sketch is None or sketch.might_contain(stem):
+                last = self._floor(stem)
+            else:
+                last = 0
+                sketch.add(stem)
         self._last.put(stem, last + 1)
         return last + 1
 

@@ -31,14 +31,14 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from tap_emulator.observe import Metrics
-from tap_emulator.retention import RetentionLedger, RetentionPolicy
+from tap_emulator.retention import OUR_FILE, RetentionLedger, RetentionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -435,6 +435,13 @@ class WriterPool:
         except FileNotFoundError:
             return False
         return True
+
+    def existing_stems(self) -> Iterator[str]:
+        """The stems of the files in the directory whose names are ours (one scan)."""
+        with os.scandir(self._fd()) as entries:
+            for entry in entries:
+                if OUR_FILE.fullmatch(entry.name):
+                    yield entry.name.rsplit("-", 1)[0]
 
     def highest_published(self, stem: str) -> int:
         """The highest n with `<stem>-1..n.pb` all on disk: O(log n) lookups, no scan.

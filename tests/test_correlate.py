@@ -9,7 +9,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tap_emulator.correlate import BoundedLru, SegmentNames, SequenceCounter, TraceName
+from tap_emulator.correlate import (
+    BoundedLru,
+    SegmentNames,
+    SequenceCounter,
+    StemSketch,
+    TraceName,
+)
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -470,3 +476,42 @@ CorrelationMachine.TestCase.settings = settings(
     max_examples=300, stateful_step_count=40, deadline=None
 )
 test_correlation_state_machine = CorrelationMachine.TestCase
+
+
+# --- the sketch of stems that may have files ---------------------------------------------
+
+
+def test_sketch_never_forgets_a_stem_it_was_told() -> None:
+    sketch = StemSketch(size_bits=1 << 16)
+    stems = [f"svc-{n}.ns:80-{n:032x}" for n in range(5000)]
+    for stem in stems:
+        sketch.add(stem)
+    assert all(sketch.might_contain(stem) for stem in stems)
+
+
+def test_sketch_mostly_says_no_for_stems_it_never_saw() -> None:
+    sketch = StemSketch()
+    for n in range(10_000):
+        sketch.add(f"seen-{n}")
+    false_maybes = sum(sketch.might_contain(f"unseen-{n}") for n in range(10_000))
+    assert false_maybes <= 10  # ~0.01% expected for 10k stems in 8M bits
+
+
+def test_counter_with_sketch_skips_the_disk_for_stems_that_cannot_have_files() -> None:
+    asked: list[str] = []
+
+    def floor(stem: str) -> int:
+        asked.append(stem)
+        return 41
+
+    sketch = StemSketch()
+    sketch.add("on-disk")
+    clock = FakeClock()
+    counter = SequenceCounter(floor, max_entries=1, idle_seconds=60, clock=clock, sketch=sketch)
+
+    assert counter.next("brand-new") == 1
+    assert counter.next("on-disk") == 42
+    assert asked == ["on-disk"]
+    # "brand-new" was evicted by "on-disk" (one entry): now it may have files, so ask.
+    assert counter.next("brand-new") == 42
+    assert asked == ["on-disk", "brand-new"]
