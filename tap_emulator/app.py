@@ -129,6 +129,7 @@ def build(settings: Settings) -> Emulator:
         file_mode=settings.file_mode,
         retention=RetentionPolicy(settings.retention_max_bytes, settings.retention_max_files),
         on_error=settings.on_write_error,
+        mode=settings.writer_mode,
     )
     sketch = StemSketch()
     sequences = SequenceCounter(

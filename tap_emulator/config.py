@@ -21,7 +21,7 @@ import yaml
 
 from tap_emulator.naming import DEFAULT_TRACE_ID_HEADERS, Direction, NameFormat
 from tap_emulator.redact import DEFAULT_REDACT_HEADERS
-from tap_emulator.writer import WriteErrorPolicy
+from tap_emulator.writer import WriteErrorPolicy, WriterMode
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -57,6 +57,11 @@ class Settings:
     queue_max_items: int = _setting(10_000, "writer queue bound in files (queued or being written)")
     queue_max_bytes: int = _setting(
         64 * MiB, "writer queue bound in bytes; a full queue stops reading the streams"
+    )
+    writer_mode: WriterMode = _setting(
+        WriterMode.AUTO,
+        "auto: publish on the event loop while files take microseconds, else in threads; "
+        "thread: always in writer threads",
     )
     fsync: bool = _setting(False, "fsync each file, and the directory after each batch")
     file_mode: int = _setting(0o640, "permission bits of published files (octal)", octal=True)
@@ -288,7 +293,7 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(value)
     if kind == "tuple[str, ...]":
         return _to_list(name, value)
-    for enum in (NameFormat, Direction, WriteErrorPolicy):
+    for enum in (NameFormat, Direction, WriteErrorPolicy, WriterMode):
         if kind == enum.__name__:
             try:
                 return enum(str(value).lower())

@@ -20,7 +20,7 @@ from tap_emulator.config import (
     load_settings,
 )
 from tap_emulator.naming import Direction, NameFormat
-from tap_emulator.writer import WriteErrorPolicy
+from tap_emulator.writer import WriteErrorPolicy, WriterMode
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -119,6 +119,7 @@ def test_example_file_loads_to_the_expected_settings() -> None:
         writer_batch_max_items=32,
         queue_max_items=5000,
         queue_max_bytes=128 * MiB,
+        writer_mode=WriterMode.THREAD,
         fsync=True,
         file_mode=0o600,
         name_format=NameFormat.REQ_RES,

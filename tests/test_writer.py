@@ -13,7 +13,14 @@ import pytest
 
 from tap_emulator.observe import Metrics
 from tap_emulator.retention import RetentionPolicy
-from tap_emulator.writer import TEMP_PREFIX, OutputDirError, Publication, WriterPool
+from tap_emulator.writer import (
+    TEMP_PREFIX,
+    OutputDirError,
+    Publication,
+    WriterMode,
+    WriterPool,
+    publish_inline_next,
+)
 
 
 @pytest.fixture(params=[True, False], ids=["o_tmpfile", "named_temporary"])
@@ -291,3 +298,84 @@ def test_existing_files_count_towards_the_cap_and_others_are_untouched(tmp_path:
     WriterPool(tmp_path, Metrics(), retention=RetentionPolicy(max_files=2)).open()
 
     assert names(tmp_path) == ["README.pb.bak", "notes.txt", "old-4.pb", "old-5.pb"]
+
+
+# --- where files are published ------------------------------------------------------------
+
+
+# The thresholds are generous here: what is pinned is the mechanism, not this machine's speed.
+async def test_auto_mode_moves_onto_the_loop_once_files_prove_fast(tmp_path: Path) -> None:
+    pool = WriterPool(tmp_path, Metrics(), batch_max_items=64, fast_file_seconds=10.0)
+    pool.open()
+    await pool.start()
+    assert not pool.publishing_inline  # it starts in the thread
+    for round_ in range(3):
+        for n in range(64):
+            await pool.put(Publication(f"r{round_}", n + 1, b"x" * 100))
+        assert await pool.drain(10) == 0
+    inline = pool.publishing_inline
+    await pool.close()
+
+    assert inline, "files on a local file system take microseconds: publish on the loop"
+    assert len(names(tmp_path)) == 3 * 64
+
+
+async def test_thread_mode_never_publishes_on_the_loop(tmp_path: Path) -> None:
+    pool = pool_for(tmp_path, mode=WriterMode.THREAD)
+    await publish_all(pool, [Publication("s", n, b"x") for n in range(1, 200)])
+    assert not pool.publishing_inline
+
+
+async def test_a_failing_disk_moves_publishing_back_to_the_thread(small_tmpfs: Path) -> None:
+    filler = small_tmpfs / "filler"
+    pool = WriterPool(
+        small_tmpfs,
+        Metrics(),
+        retry_initial_seconds=0.01,
+        retry_max_seconds=0.05,
+        fast_file_seconds=10.0,
+    )
+    pool.open()
+    await pool.start()
+    for n in range(1, 65):
+        await pool.put(Publication("fast", n, b"x"))
+    assert await pool.drain(10) == 0
+    assert pool.publishing_inline
+
+    filler.write_bytes(bytes(600 * 1024))  # 64 small files hold 256 KiB of 4 KiB pages
+    await pool.put(Publication("big", 1, bytes(300 * 1024)))  # does not fit any more
+    for _ in range(200):
+        if pool.failing is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert pool.failing is not None
+    assert not pool.publishing_inline
+    filler.unlink()
+    assert await pool.drain(10) == 0
+    await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("inline", "files", "seconds", "failed", "expected"),
+    [
+        (False, 64, 64 * 10e-6, False, True),  # fast in the thread: onto the loop
+        (False, 8, 8 * 10e-6, False, False),  # too few files to judge
+        (False, 64, 64 * 100e-6, False, False),  # not fast enough
+        (True, 64, 64 * 100e-6, False, True),  # between the thresholds: stay
+        (True, 64, 64 * 500e-6, False, False),  # slow on the loop: back to the thread
+        (True, 1, 0.0, True, False),  # an error: back to the thread
+        (False, 64, 0.0, True, False),
+    ],
+)
+def test_auto_mode_choice(
+    inline: bool, files: int, seconds: float, failed: bool, expected: bool
+) -> None:
+    choice = publish_inline_next(
+        inline,
+        files,
+        seconds,
+        failed=failed,
+        fast_file_seconds=40e-6,
+        slow_file_seconds=200e-6,
+    )
+    assert choice is expected

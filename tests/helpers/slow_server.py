@@ -35,4 +35,5 @@ if __name__ == "__main__":
     parser.add_argument("--gate", type=Path)
     own, rest = parser.parse_known_args()
     slow_down(own.write_delay_seconds, own.gate)
-    sys.exit(main([arg for arg in rest if arg != "--"]))
+    # Slow publishing must stay off the event loop (as it would on a real slow disk).
+    sys.exit(main([*(arg for arg in rest if arg != "--"), "--writer-mode", "thread"]))
