@@ -50,6 +50,13 @@ proto: $(STAMP) ## regenerate tap_emulator/_proto from proto/envoy
 demo: $(STAMP) ## real Envoy + backends + relay + emulator on loopback; prints the captured files
 	$(BIN)/python scripts/demo.py $(ARGS)
 
+$(VENV)/.bench: $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,lint,bench]'
+	touch $@
+
+bench: $(VENV)/.bench ## throughput, latency, memory against this machine's ceilings (~3 min; ARGS=--reference refreshes benchmarks/results/reference)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
+
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := derive naming
 
@@ -64,4 +71,4 @@ fuzz: $(STAMP) ## run each atheris target for FUZZ_SECONDS (default 60); finds g
 docs: $(STAMP) ## regenerate docs/settings.md and docs/metrics.md from the code
 	$(BIN)/python scripts/generate_docs.py
 
-.PHONY: help venv run tools manifests test lint proto docs demo fuzz
+.PHONY: help venv run tools manifests test lint proto docs demo fuzz bench
