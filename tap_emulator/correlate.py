@@ -48,6 +48,10 @@ class BoundedLru(Generic[K, V]):
         self._idle_seconds = idle_seconds
         self._clock = clock
         self._on_evict = on_evict
+        # Idle entries are swept from the oldest end at most this often (an entry found idle
+        # on access is forgotten at once): the sweep is amortised, not paid per access.
+        self._sweep_every = min(1.0, idle_seconds / 8)
+        self._next_sweep = clock() + self._sweep_every
         self.evictions = Evictions()
 
     def __len__(self) -> int:
@@ -57,10 +61,14 @@ class BoundedLru(Generic[K, V]):
         return key in self._entries
 
     def get(self, key: K) -> V | None:
-        now = self._clock()
-        self._expire(now)
         entry = self._entries.get(key)
         if entry is None:
+            return None
+        now = self._clock()
+        if entry[1] <= now - self._idle_seconds:
+            del self._entries[key]
+            self.evictions.idle += 1
+            self._notify(key)
             return None
         self._entries[key] = (entry[0], now)
         self._entries.move_to_end(key)
@@ -68,7 +76,9 @@ class BoundedLru(Generic[K, V]):
 
     def put(self, key: K, value: V) -> None:
         now = self._clock()
-        self._expire(now)
+        if now >= self._next_sweep:
+            self._expire(now)
+            self._next_sweep = now + self._sweep_every
         self._entries[key] = (value, now)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:

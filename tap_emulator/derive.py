@@ -14,7 +14,6 @@ What becomes a file:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -26,16 +25,14 @@ from tap_emulator.naming import (
     SOCKET_PREFIX,
     Direction,
     Half,
-    HeaderLike,
     Identity,
     NameFormat,
     authority_from,
     build_stem,
-    find_header,
     prefix_for,
     trace_id_from,
 )
-from tap_emulator.redact import redact_trace
+from tap_emulator.redact import find_and_redact, redact_headers
 
 
 class TraceKind(StrEnum):
@@ -82,6 +79,9 @@ class Derivation:
 
 
 _REQUEST_PIECES = frozenset({None, "request_headers", "request_body_chunk", "request_trailers"})
+_HEADER_PIECES = frozenset(
+    {"request_headers", "request_trailers", "response_headers", "response_trailers"}
+)
 _SOCKET_KINDS = frozenset({"socket_buffered_trace", "socket_streamed_trace_segment"})
 
 
@@ -92,7 +92,7 @@ class Deriver:
         self, policy: NamingPolicy, sequences: SequenceCounter, segments: SegmentNames
     ) -> None:
         self._policy = policy
-        self._wanted = policy.wanted_headers()
+        self._wanted = frozenset(policy.wanted_headers())
         self._split = policy.name_format is NameFormat.REQ_RES
         self._sequences = sequences
         self._segments = segments
@@ -118,9 +118,16 @@ class Deriver:
     # --- per kind -----------------------------------------------------------------------
 
     def _buffered(self, trace: TraceWrapper, envoy_id: int, identity: Identity) -> Derivation:
-        name = self._learn(trace.http_buffered_trace.request.headers, envoy_id, identity)
+        buffered = trace.http_buffered_trace
+        names = self._policy.redact_headers
+        found, redactions = find_and_redact(buffered.request.headers, self._wanted, names)
+        name = self._name(found, envoy_id, identity)
         result = Derivation(TraceKind.BUFFERED)
-        result.redactions = redact_trace(trace, self._policy.redact_headers)
+        if names:
+            redactions += redact_headers(buffered.request.trailers, names)
+            redactions += redact_headers(buffered.response.headers, names)
+            redactions += redact_headers(buffered.response.trailers, names)
+        result.redactions = redactions
         if not self._split:
             self._add(result, name, None, trace.SerializeToString())
             return result
@@ -137,13 +144,19 @@ class Deriver:
         segment = trace.http_streamed_trace_segment
         envoy_id = segment.trace_id or request_id
         piece = segment.WhichOneof("message_piece")
+        names = self._policy.redact_headers
+        result = Derivation(TraceKind.STREAMED_SEGMENT)
+        found: dict[str, str] = {}
+        if piece == "request_headers":
+            found, result.redactions = find_and_redact(
+                segment.request_headers.headers, self._wanted, names
+            )
+        elif piece in _HEADER_PIECES:
+            result.redactions = redact_headers(getattr(segment, piece).headers, names)
         name = self._segments.get(stream, envoy_id)
         if name is None:
-            headers = segment.request_headers.headers if piece == "request_headers" else ()
-            name = self._learn(headers, envoy_id, identity)
+            name = self._name(found, envoy_id, identity)
             self._segments.remember(stream, envoy_id, name)
-        result = Derivation(TraceKind.STREAMED_SEGMENT)
-        result.redactions = redact_trace(trace, self._policy.redact_headers)
         half = None
         if self._split:
             half = Half.REQUEST if piece in _REQUEST_PIECES else Half.RESPONSE
@@ -159,8 +172,7 @@ class Deriver:
 
     # --- shared -------------------------------------------------------------------------
 
-    def _learn(self, headers: Iterable[HeaderLike], envoy_id: int, identity: Identity) -> TraceName:
-        found = find_header(headers, self._wanted)
+    def _name(self, found: dict[str, str], envoy_id: int, identity: Identity) -> TraceName:
         trace_id = trace_id_from(found, self._policy.trace_id_headers, envoy_id)
         prefix = prefix_for(identity.direction, authority_from(found), identity.client_namespace)
         return TraceName(prefix, trace_id)

@@ -15,6 +15,7 @@ Safety invariants, relied on by the writer (which publishes relative to a direct
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,8 @@ EMPTY_PREFIX = "empty-trace"
 DEFAULT_TRACE_ID_HEADERS = ("x-b3-traceid", "b3", "traceparent", "x-trace-id", "x-request-id")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+_ALL_SAFE = re.compile(r"[A-Za-z0-9._:-]*").fullmatch
+_HEX_FULL = re.compile(r"[0-9a-f]+").fullmatch
 _TAP_ID_TOKENS = re.compile(r"[-._~]")
 _HEX = frozenset("0123456789abcdef")
 _HEX_OR_DASH = _HEX | {"-"}
@@ -166,7 +169,7 @@ def authority_from(found: dict[str, str]) -> str | None:
 
 
 def _is_hex(text: str) -> bool:
-    return bool(text) and all(c in _HEX for c in text)
+    return _HEX_FULL(text) is not None
 
 
 def _b3_trace_id(value: str) -> str | None:
@@ -233,6 +236,8 @@ def _hash_tag(raw: str) -> str:
 
 def safe_component(raw: str, budget: int) -> Component:
     """`raw` with unsafe characters replaced by `_`, cut to `budget` bytes with a hash tag."""
+    if len(raw) <= budget and _ALL_SAFE(raw) is not None:
+        return Component(raw)  # the common case: nothing to do
     text = _UNSAFE.sub("_", raw)
     sanitized = text != raw
     if len(text) <= budget:
@@ -241,6 +246,7 @@ def safe_component(raw: str, budget: int) -> Component:
     return Component(f"{cut}_{_hash_tag(raw)}", sanitized=sanitized, truncated=True)
 
 
+@functools.lru_cache(maxsize=4096)  # authorities and namespaces repeat; ids do not come here
 def prefix_component(raw: str) -> Component:
     """A name's leading component: safe, and never starting with `.` or `-`."""
     component = safe_component(raw, PREFIX_BUDGET - 1)

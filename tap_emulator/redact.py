@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
+from tap_emulator.naming import header_text
 
 REDACTED = "REDACTED"
 _REDACTED_BYTES = REDACTED.encode()
@@ -21,18 +22,42 @@ _SEGMENT_HEADER_PIECES = frozenset(
 )
 
 
-def _redact_headers(headers: Iterable[HeaderValue], names: frozenset[str]) -> int:
+def _redact(header: HeaderValue) -> int:
+    replaced = 0
+    if header.value:
+        header.value = REDACTED
+        replaced += 1
+    if header.raw_value:
+        header.raw_value = _REDACTED_BYTES
+        replaced += 1
+    return replaced
+
+
+def redact_headers(headers: Iterable[HeaderValue], names: frozenset[str]) -> int:
+    """Redact the matching headers in place; returns how many values were replaced."""
+    if not names:
+        return 0
     replaced = 0
     for header in headers:
-        if header.key.lower() not in names:
-            continue
-        if header.value:
-            header.value = REDACTED
-            replaced += 1
-        if header.raw_value:
-            header.raw_value = _REDACTED_BYTES
-            replaced += 1
+        if header.key.lower() in names:
+            replaced += _redact(header)
     return replaced
+
+
+def find_and_redact(
+    headers: Iterable[HeaderValue], wanted: frozenset[str], names: frozenset[str]
+) -> tuple[dict[str, str], int]:
+    """One pass over request headers: the first value of each wanted header (as sent,
+    before redaction), and the redaction of the sensitive ones."""
+    found: dict[str, str] = {}
+    replaced = 0
+    for header in headers:
+        key = header.key.lower()
+        if key in wanted and key not in found:
+            found[key] = header_text(header)
+        if key in names:
+            replaced += _redact(header)
+    return found, replaced
 
 
 def redact_trace(trace: TraceWrapper, names: frozenset[str]) -> int:
@@ -44,12 +69,12 @@ def redact_trace(trace: TraceWrapper, names: frozenset[str]) -> int:
         buffered = trace.http_buffered_trace
         replaced = 0
         for message in (buffered.request, buffered.response):
-            replaced += _redact_headers(message.headers, names)
-            replaced += _redact_headers(message.trailers, names)
+            replaced += redact_headers(message.headers, names)
+            replaced += redact_headers(message.trailers, names)
         return replaced
     if kind == "http_streamed_trace_segment":
         segment = trace.http_streamed_trace_segment
         piece = segment.WhichOneof("message_piece")
         if piece in _SEGMENT_HEADER_PIECES:
-            return _redact_headers(getattr(segment, piece).headers, names)
+            return redact_headers(getattr(segment, piece).headers, names)
     return 0
