@@ -17,35 +17,15 @@ from deploy_support import (
     Rendered,
 )
 
-from tap_emulator.config import build_settings
+from tap_emulator.config import FIELDS, build_settings
 
 KUBERNETES_VERSION = "1.30"
 
 # The settings `tap-emulator serve` reads (the emulator's settings contract).
-SERVE_SETTINGS = {
-    "listen",
-    "metrics_listen",
-    "output_dir",
-    "writers",
-    "writer_batch_max_items",
-    "queue_max_items",
-    "queue_max_bytes",
-    "fsync",
-    "file_mode",
-    "name_format",
-    "trace_id_headers",
-    "redact_headers",
-    "default_direction",
-    "max_message_bytes",
-    "max_concurrent_streams",
-    "correlation_max_entries",
-    "correlation_idle_seconds",
-    "drain_timeout_seconds",
-    "log_level",
-    "log_format",
-    "retention_max_bytes",
-    "retention_max_files",
-}
+# Every `serve` setting appears in the chart's settings file, with its default, so a user
+# sees each one; the TLS files only when a Secret is given (see the TLS test).
+TLS_SETTINGS = {"tls_cert_file", "tls_key_file", "tls_client_ca_file"}
+SERVE_SETTINGS = set(FIELDS) - TLS_SETTINGS
 
 
 def settings(rendered: Rendered) -> dict[str, Any]:
