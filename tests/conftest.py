@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -16,6 +15,8 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+
+from tests.helpers.script_run import ClientRun
 
 REPO = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -123,42 +124,6 @@ def slow_server_entry(write_delay_seconds: float, gate: Path | None = None) -> l
     if gate is not None:
         entry += ["--gate", str(gate)]
     return [*entry, "--"]
-
-
-class ClientRun:
-    """A running xds-protos client subprocess (see helpers/xds_client.py)."""
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(HELPERS / "xds_client.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._spec = json.dumps(spec)
-        self._result: dict[str, Any] | None = None
-        self._thread = threading.Thread(target=self._communicate, daemon=True)
-        self._thread.start()
-
-    def _communicate(self) -> None:
-        out, err = self.process.communicate(self._spec)
-        if self.process.returncode != 0:
-            self._result = {"error": err}
-        else:
-            self._result = json.loads(out)
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def result(self, timeout: float = 120.0) -> dict[str, Any]:
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self.process.kill()
-            raise AssertionError("xds client did not finish in time")
-        assert self._result is not None
-        assert "error" not in self._result, self._result["error"]
-        return self._result
 
 
 def send_streams(target: str, streams: list[dict[str, Any]], timeout: float = 60) -> list[Any]:

@@ -44,7 +44,7 @@ from tests.conftest import (
 )
 from tests.helpers import traces as t
 from tests.helpers.h2_raw import RawH2, StreamOutcome, grpc_frame, send_garbage
-from tests.helpers.tap_client import TapClientRun, tap_streams
+from tests.helpers.script_run import TapClientRun, tap_streams
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,46 +30,7 @@ METHOD = "/envoy.service.tap.v3.TapSinkService/StreamTaps"
 _GENERATED_MAX = 100_000
 
 
-class TapClientRun:
-    """This script in a subprocess, driven from a test (the test side imports only this)."""
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "tap_client.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._spec = json.dumps(spec)
-        self._result: dict[str, Any] | None = None
-        self._thread = threading.Thread(target=self._communicate, daemon=True)
-        self._thread.start()
-
-    def _communicate(self) -> None:
-        out, err = self.process.communicate(self._spec)
-        self._result = {"error": err} if self.process.returncode else json.loads(out)
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def streams(self, timeout: float = 120.0) -> list[dict[str, Any]]:
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self.process.kill()
-            self._thread.join(10)
-            raise AssertionError("tap client did not finish in time")
-        assert self._result is not None
-        assert "error" not in self._result, self._result["error"]
-        return self._result["streams"]  # type: ignore[no-any-return]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-
-
-def tap_streams(spec: dict[str, Any], timeout: float = 120.0) -> list[dict[str, Any]]:
-    return TapClientRun(spec).streams(timeout)
+# The test side is tests/helpers/script_run.py (TapClientRun, tap_streams).
 
 
 # --- the subprocess side ------------------------------------------------------------------
