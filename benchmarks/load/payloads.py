@@ -35,6 +35,7 @@ from tap_emulator._proto.envoy.data.tap.v3.common_pb2 import Body
 from tap_emulator._proto.envoy.data.tap.v3.http_pb2 import HttpBufferedTrace
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
+from tap_emulator.tools._tap_client import varint
 
 TID_SENTINEL = "5e9a1e1d0b57ac1e5e9a1e1d0b57ac1e"
 EID_SENTINEL = 0x1ABCDEF012345678  # in [2**56, 2**63): always a 9-byte varint
@@ -82,19 +83,6 @@ GRPC_METHODS = (
     "/payments.v1.Ledger/Post",
     "/search.v1.Index/Query",
 )
-
-
-def varint(value: int) -> bytes:
-    """Protobuf's base-128 varint encoding of a non-negative integer."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def trace_id_hex(tag: int, stream: int, transaction: int) -> str:

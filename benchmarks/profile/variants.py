@@ -33,6 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hotpath
+
 ALIASES = {
     "fast": ("passthrough", "nostat"),
     "fastest": ("passthrough", "nostat", "inline"),
@@ -42,47 +45,9 @@ _current_raw: list[bytes] = [b""]
 
 
 def trace_slice(raw: bytes) -> bytes | None:
-    """The bytes of field 3 (`trace`) of a serialized StreamTapsRequest, if it occurs once."""
-    index = 0
-    end = len(raw)
-    found: tuple[int, int] | None = None
-    while index < end:
-        key = 0
-        shift = 0
-        while True:
-            byte = raw[index]
-            index += 1
-            key |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            while raw[index] >= 0x80:
-                index += 1
-            index += 1
-        elif wire == 2:
-            length = 0
-            shift = 0
-            while True:
-                byte = raw[index]
-                index += 1
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    break
-            if field == 3:
-                if found is not None:
-                    return None
-                found = (index, index + length)
-            index += length
-        elif wire == 1:
-            index += 8
-        elif wire == 5:
-            index += 4
-        else:
-            return None
-    return raw[found[0] : found[1]] if found else None
+    """The bytes of field 3 (`trace`) of a serialized StreamTapsRequest (hotpath.py's reader)."""
+    found = hotpath.trace_slice(raw)
+    return None if found is None else bytes(found)
 
 
 def patch_passthrough() -> None:
