@@ -23,7 +23,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.harness import Processes, find_envoy, interrupt_handler, wait_until  # noqa: E402
 from tests.helpers.backends import (  # noqa: E402
     GRPC_SERVER_STREAM,
     GRPC_UNARY,
@@ -31,6 +30,7 @@ from tests.helpers.backends import (  # noqa: E402
     h1_request,
     h2_request,
 )
+from tests.helpers.harness import Processes, find_envoy, interrupt_handler, wait_until  # noqa: E402
 
 TRACE_IDS = {
     "HTTP/1.1 GET": "0af7651916cd43dd8448eb211c80319c",

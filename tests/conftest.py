@@ -1,180 +1,33 @@
-"""Shared fixtures: real emulator processes on loopback, the xds-protos client, vectors."""
+"""Fixtures shared by every test folder; helpers live in tests/helpers, never here."""
 
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import settings
 
-from tests.helpers.script_run import ClientRun
-
-REPO = Path(__file__).resolve().parents[1]
-HELPERS = Path(__file__).resolve().parent / "helpers"
-VECTORS = REPO.parent / "shared" / "vectors"
+from tests.helpers.emulator import EmulatorFactory
+from tests.helpers.paths import VECTORS
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("deep", max_examples=10_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-_LISTENING = re.compile(r"listening tap=(?P<tap>\S+) metrics=(?P<metrics>\S+)")
-
-
-class EmulatorProcess:
-    """`tap-emulator serve` (or a wrapper script) in its own process, on loopback."""
-
-    def __init__(self, output_dir: Path, args: list[str], entry: list[str] | None = None) -> None:
-        self.output_dir = output_dir
-        command = entry or [sys.executable, "-m", "tap_emulator"]
-        self.command = [
-            *command,
-            "serve",
-            "--listen", "127.0.0.1:0",
-            "--metrics-listen", "127.0.0.1:0",
-            "--output-dir", str(output_dir),
-            *args,
-        ]  # fmt: skip
-        self.log_lines: list[str] = []
-        self.process: subprocess.Popen[str] | None = None
-        self.tap = ""
-        self.metrics_url = ""
-
-    def start(self, timeout: float = 20.0) -> EmulatorProcess:
-        self.process = subprocess.Popen(
-            self.command,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            cwd=REPO,
-        )
-        started = threading.Event()
-        threading.Thread(target=self._read_log, args=(started,), daemon=True).start()
-        if not started.wait(timeout):
-            self.kill()
-            raise AssertionError(f"emulator did not start: {self.log}")
-        return self
-
-    def _read_log(self, started: threading.Event) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log_lines.append(line.rstrip("\n"))
-            match = _LISTENING.search(line)
-            if match:
-                self.tap = match["tap"]
-                self.metrics_url = f"http://{match['metrics']}"
-                started.set()
-        started.set()
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.log_lines)
-
-    def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
 
 @pytest.fixture
-def start_emulator(tmp_path: Path) -> Iterator[Any]:
-    """Starts emulators on demand; kills whatever is still running at the end."""
-    started: list[EmulatorProcess] = []
-
-    def start(
-        *args: str, output_dir: Path | None = None, entry: list[str] | None = None
-    ) -> EmulatorProcess:
-        directory = output_dir or tmp_path / "out"
-        directory.mkdir(parents=True, exist_ok=True)
-        emulator = EmulatorProcess(directory, list(args), entry).start()
-        started.append(emulator)
-        return emulator
-
-    yield start
-    for emulator in started:
-        emulator.kill()
-
-
-def slow_server_entry(write_delay_seconds: float, gate: Path | None = None) -> list[str]:
-    entry = [sys.executable, str(HELPERS / "slow_server.py")]
-    entry += ["--write-delay-seconds", str(write_delay_seconds)]
-    if gate is not None:
-        entry += ["--gate", str(gate)]
-    return [*entry, "--"]
-
-
-def send_streams(target: str, streams: list[dict[str, Any]], timeout: float = 60) -> list[Any]:
-    """Send streams concurrently with the xds-protos client; returns per-stream results."""
-    run = ClientRun({"target": target, "timeout": timeout, "streams": streams})
-    return run.result(timeout + 60)["streams"]  # type: ignore[no-any-return]
-
-
-def published(directory: Path) -> dict[str, bytes]:
-    """The .pb files in a directory (temporaries excluded), by name."""
-    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name.endswith(".pb")}
-
-
-def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+def start_emulator(tmp_path: Path) -> Iterator[EmulatorFactory]:
+    """Starts emulators on demand (output in tmp_path/out unless told otherwise); kills
+    whatever is still running at the end."""
+    factory = EmulatorFactory(tmp_path / "out")
+    yield factory
+    factory.close()
 
 
 @pytest.fixture
 def vectors() -> Path:
-    if not VECTORS.is_dir():
-        pytest.skip(f"shared vectors not found at {VECTORS}")
+    """The real Envoy tap vectors kept in the repository."""
+    assert VECTORS.is_dir(), f"vectors missing at {VECTORS}"
     return VECTORS
-
-
-def scrape(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Fetch /metrics and parse it with prometheus-client's own parser."""
-    from urllib.request import urlopen
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urlopen(f"{metrics_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def metric(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    """Sum of a metric's samples whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(
-        value
-        for (sample_name, sample_labels), value in samples.items()
-        if sample_name == name and wanted <= set(sample_labels)
-    )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Envoy, Processes, find_envoy
+from tests.helpers.harness import Envoy, Processes, find_envoy
 
 
 @pytest.fixture(scope="session")

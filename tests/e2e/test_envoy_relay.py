@@ -22,7 +22,7 @@ from tap_emulator._proto.envoy.data.tap.v3.http_pb2 import (
     HttpStreamedTraceSegment,
 )
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
-from tests.e2e.harness import NAMESPACE, Envoy, Processes, free_port, wait_until
+from tests.helpers.harness import NAMESPACE, Envoy, Processes, free_port, wait_until
 
 pytest.importorskip("h2", reason="the h2 package (test extras) runs the HTTP/2 backend")
 

@@ -12,7 +12,7 @@ every planned file name
 - is at most 255 bytes (NAME_MAX);
 - joined to the output directory, names a direct child of it.
 
-Used by the hypothesis tests (tests/test_fuzz.py), the atheris targets beside this file and
+Used by the hypothesis tests (tests/unit/test_fuzz.py), the atheris targets beside this file and
 the corpus replay in `make test`.
 """
 

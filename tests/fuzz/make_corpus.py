@@ -27,7 +27,7 @@ from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest  
 from tests.fuzz.decode_and_name import length_delimited, split_stream  # noqa: E402
 from tests.fuzz.naming_target import encode_naming_input  # noqa: E402
 
-DEFAULT_VECTORS = HERE.parents[2] / "shared" / "vectors"
+DEFAULT_VECTORS = HERE.parent / "fixtures" / "vectors"
 MAX_SEED_BYTES = 16 * 1024
 
 HOSTILE_AUTHORITIES = [

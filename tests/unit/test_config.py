@@ -22,7 +22,7 @@ from tap_emulator.config import (
 from tap_emulator.naming import Direction, NameFormat
 from tap_emulator.writer import WriteErrorPolicy, WriterMode
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def config_error(*layers: dict[str, Any]) -> str:

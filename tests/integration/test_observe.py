@@ -14,8 +14,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import (
-    ClientRun,
+from tests.helpers import traces as t
+from tests.helpers.emulator import (
     metric,
     published,
     scrape,
@@ -23,7 +23,7 @@ from tests.conftest import (
     slow_server_entry,
     wait_for,
 )
-from tests.helpers import traces as t
+from tests.helpers.script_run import ClientRun
 
 
 def http_get(url: str) -> tuple[int, str]:

@@ -34,7 +34,8 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tests.conftest import (
+from tests.helpers import traces as t
+from tests.helpers.emulator import (
     EmulatorProcess,
     metric,
     published,
@@ -42,7 +43,6 @@ from tests.conftest import (
     send_streams,
     wait_for,
 )
-from tests.helpers import traces as t
 from tests.helpers.h2_raw import RawH2, StreamOutcome, grpc_frame, send_garbage
 from tests.helpers.script_run import TapClientRun, tap_streams
 

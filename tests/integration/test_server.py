@@ -14,9 +14,8 @@ from google.protobuf.internal.decoder import _DecodeVarint32  # type: ignore[att
 from google.protobuf.json_format import MessageToDict
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
-from tests.conftest import (
-    HELPERS,
-    ClientRun,
+from tests.helpers import traces as t
+from tests.helpers.emulator import (
     metric,
     published,
     scrape,
@@ -24,7 +23,8 @@ from tests.conftest import (
     slow_server_entry,
     wait_for,
 )
-from tests.helpers import traces as t
+from tests.helpers.paths import HELPERS
+from tests.helpers.script_run import ClientRun
 
 SEED_INBOUND = f"{t.SEED_AUTHORITY}-{t.B3}-1.pb"
 SEED_OUTBOUND = f"{t.SEED_NAMESPACE}-{t.B3}-1.pb"

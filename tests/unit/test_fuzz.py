@@ -28,7 +28,6 @@ from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.naming import NameFormat
 from tap_emulator.observe import Metrics
 from tap_emulator.writer import Publication, WriterPool
-from tests.conftest import VECTORS
 from tests.fuzz.decode_and_name import (
     Fed,
     Pipeline,
@@ -38,8 +37,9 @@ from tests.fuzz.decode_and_name import (
 )
 from tests.fuzz.derive_target import check_derive_input
 from tests.fuzz.naming_target import check_naming_input
+from tests.helpers.paths import VECTORS
 
-CORPUS = Path(__file__).resolve().parent / "fuzz" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus"
 SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1
 
 
@@ -91,8 +91,6 @@ def test_arbitrary_bytes_decode_or_are_refused_and_names_stay_safe(
 
 def _vector_messages() -> list[bytes]:
     """Serialized StreamTapsRequests built from the real Envoy vectors."""
-    if not VECTORS.is_dir():
-        return []
     messages = []
     for path in sorted(VECTORS.glob("buffered*/*.pb")):
         request = StreamTapsRequest(trace_id=3)
@@ -133,7 +131,6 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.skipif(not VECTOR_MESSAGES, reason=f"shared vectors not found at {VECTORS}")
 @fuzz_settings(3000)
 @given(messages=st.lists(mutated(), min_size=1, max_size=3), split=st.booleans())
 def test_mutated_real_vectors_keep_names_safe(
@@ -146,8 +143,7 @@ def test_mutated_real_vectors_keep_names_safe(
 
 
 def test_every_unmutated_vector_decodes_into_files() -> None:
-    if not VECTOR_MESSAGES:
-        pytest.skip(f"shared vectors not found at {VECTORS}")
+    assert VECTOR_MESSAGES, f"no vectors in {VECTORS}"
     with tempfile.TemporaryDirectory() as directory:
         feds = run_stream(Path(directory), VECTOR_MESSAGES, NameFormat.PLAIN)
     assert all(fed.decoded and len(fed.names) == 1 for fed in feds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 
 
 def test_settings_and_metrics_pages_are_current() -> None:

@@ -13,7 +13,7 @@ from google.protobuf.internal.decoder import _DecodeVarint32  # type: ignore[att
 
 from tap_emulator._proto.envoy.data.tap.v3 import wrapper_pb2
 from tap_emulator._proto.envoy.service.tap.v3 import tap_pb2
-from tests.conftest import HELPERS, REPO
+from tests.helpers.paths import HELPERS, REPO
 
 Field = descriptor_pb2.FieldDescriptorProto
 

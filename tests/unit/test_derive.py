@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from tap_emulator.naming import (
     NameFormat,
 )
 from tap_emulator.redact import DEFAULT_REDACT_HEADERS
+from tests.helpers.paths import VECTORS as VECTORS_DIR
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -430,8 +430,7 @@ def test_truncated_authority_is_counted() -> None:
 
 # --- real Envoy vectors -----------------------------------------------------------------
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
-NO_VECTORS = f"no Envoy test vectors at {VECTORS} (see issue 2: skip cleanly if absent)"
+VECTORS = VECTORS_DIR
 SAFE = re.compile(r"[^A-Za-z0-9._:-]")
 HEX_IDS = re.compile(r"[0-9a-f]{16}|[0-9a-f]{32}")
 
@@ -439,8 +438,6 @@ HEX_IDS = re.compile(r"[0-9a-f]{16}|[0-9a-f]{32}")
 def manifest_entries() -> dict[str, dict[str, Any]]:
     """Per-file manifest entries by relative path (`buffered/h1_get_b3.pb`)."""
     manifest = VECTORS / "manifest.json"
-    if not manifest.is_file():
-        return {}
     cases = json.loads(manifest.read_text())["files"]
     return {entry["file"]: entry for case in cases for entry in case["files"]}
 
@@ -452,8 +449,7 @@ def vector_params(directory: str, suffix: str) -> list[Any]:
     files = sorted(
         name for name in MANIFEST if name.startswith(f"{directory}/") and name.endswith(suffix)
     )
-    if not files:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=NO_VECTORS))]
+    assert files, f"no {directory}/*{suffix} vectors in {VECTORS}"
     return files
 
 

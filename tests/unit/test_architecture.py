@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "tap_emulator"
+PACKAGE = Path(__file__).resolve().parents[2] / "tap_emulator"
 
 ROOMS = {
     "face": {"cli", "config", "app", "__main__"},

@@ -29,9 +29,10 @@ from tap_emulator.tools.relay import (
     header_match,
     trace_from_json,
 )
-from tests.e2e.harness import LoggedProcess, Processes, free_port
+from tests.helpers.harness import LoggedProcess, Processes, free_port
+from tests.helpers.paths import VECTORS as VECTORS_DIR
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = VECTORS_DIR
 ADMIN_SAMPLE = VECTORS / "admin" / "admin_tap_streaming_json_body_as_string.txt"
 B3 = "a7020847b1ec89328e3f8d357f373266"
 H1_STEM = f"httpbin-go-httpbin.httpbin-go-httpbin-1-56058.svc:8080-{B3}"
@@ -522,7 +523,7 @@ async def test_emulator_restart_loses_nothing_the_relay_had_read(
 async def test_sigterm_waits_for_the_emulators_ok_before_exiting_0(
     processes: Processes, tmp_path: Path
 ) -> None:
-    from tests.conftest import slow_server_entry
+    from tests.helpers.emulator import slow_server_entry
 
     objects = sample_objects()
 
@@ -606,7 +607,7 @@ async def test_a_stalled_emulator_stops_the_relay_reading_and_its_memory_stays_b
     """Traces keep coming (24 MB) while the emulator's writers are stalled: the relay's queue
     fills, it stops reading, and the admin endpoint's writes block. Nothing is dropped: once
     the writers recover every trace lands."""
-    from tests.conftest import slow_server_entry
+    from tests.helpers.emulator import slow_server_entry
 
     count, body_bytes = 600, 40_000
     traces = [big_trace(index, body_bytes) for index in range(count)]

@@ -42,7 +42,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import HELPERS, EmulatorProcess, metric, published, scrape
+from tests.helpers.emulator import EmulatorProcess, metric, published, scrape
+from tests.helpers.paths import HELPERS
 
 SOAK_SECONDS = float(os.environ.get("TAP_SOAK_SECONDS", "120"))
 CLIENTS = 4

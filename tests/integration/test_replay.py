@@ -12,9 +12,10 @@ from typing import Any
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator.tools._trace_files import read_traces, split_length_delimited
-from tests.conftest import REPO, published
-from tests.e2e.harness import free_port
 from tests.helpers import traces as t
+from tests.helpers.emulator import published
+from tests.helpers.harness import free_port
+from tests.helpers.paths import REPO
 
 SEED_STEM = f"{t.SEED_AUTHORITY}-{t.B3}"
 
