@@ -78,7 +78,7 @@ async def receive_only(args: argparse.Namespace) -> None:
 
     from tap_emulator.app import grpc_server_options
     from tap_emulator.config import Settings
-    from tap_emulator.ingest import METHOD, SERVICE
+    from tap_emulator.ingest.tapsink import METHOD, SERVICE
 
     counters = {"messages": 0, "bytes": 0, "streams": 0}
 
@@ -123,8 +123,8 @@ def count_files(directory: Path) -> int:
 async def write_only(args: argparse.Namespace) -> None:
     from load import payloads
 
-    from tap_emulator.observe import Metrics
-    from tap_emulator.writer import Publication, WriterPool
+    from tap_emulator.observe.metrics import Metrics
+    from tap_emulator.write.pool import Publication, WriterPool
 
     catalog = payloads.build_catalog(
         payloads.Mix.parse(args.kinds, args.bodies, args.redact_fraction, args.templates, args.seed)

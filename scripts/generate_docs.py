@@ -51,7 +51,7 @@ def metrics_page() -> str:
     lines = [
         "# Metrics",
         "",
-        "Generated from `tap_emulator/observe.py` by `make docs`; do not edit.",
+        "Generated from `tap_emulator/observe/metrics.py` by `make docs`; do not edit.",
         "",
         "Served at `/metrics` on `metrics_listen` (default `0.0.0.0:9090`). Label values come",
         "only from the closed sets shown; never from headers, authorities or trace ids.",

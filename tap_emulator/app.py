@@ -30,13 +30,13 @@ from grpc_health.v1 import health_pb2_grpc
 
 from tap_emulator import __version__
 from tap_emulator.config import ConfigError, Settings, split_address
-from tap_emulator.correlate import SegmentNames, SequenceCounter, StemSketch
-from tap_emulator.derive import Deriver, NamingPolicy
-from tap_emulator.health import GrpcHealth, HttpEndpoint, Readiness
-from tap_emulator.ingest import TapSink
-from tap_emulator.observe import Metrics, TableStats
-from tap_emulator.retention import RetentionPolicy
-from tap_emulator.writer import WriterPool
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter, StemSketch
+from tap_emulator.derive.deriver import Deriver, NamingPolicy
+from tap_emulator.ingest.tapsink import TapSink
+from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
+from tap_emulator.observe.metrics import Metrics, TableStats
+from tap_emulator.write.pool import WriterPool
+from tap_emulator.write.retention import RetentionPolicy
 
 log = logging.getLogger("tap_emulator")
 

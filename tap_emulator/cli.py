@@ -118,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     configure_logging(settings.log_level, settings.log_format)
     from tap_emulator.app import run
-    from tap_emulator.writer import OutputDirError
+    from tap_emulator.write.pool import OutputDirError
 
     try:
         return run(settings)

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from tap_emulator.naming import DEFAULT_TRACE_ID_HEADERS, Direction, NameFormat
-from tap_emulator.redact import DEFAULT_REDACT_HEADERS
-from tap_emulator.writer import WriteErrorPolicy, WriterMode
+from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, Direction, NameFormat
+from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS
+from tap_emulator.write.pool import WriteErrorPolicy, WriterMode
 
 KiB = 1024
 MiB = 1024 * KiB

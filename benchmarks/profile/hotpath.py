@@ -30,13 +30,13 @@ from load import client, payloads  # noqa: E402
 
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest  # noqa: E402
 from tap_emulator.config import Settings  # noqa: E402
-from tap_emulator.correlate import SegmentNames, SequenceCounter  # noqa: E402
-from tap_emulator.derive import Deriver, NamingPolicy  # noqa: E402
-from tap_emulator.ingest import identity_of  # noqa: E402
-from tap_emulator.naming import Direction  # noqa: E402
-from tap_emulator.observe import Metrics  # noqa: E402
-from tap_emulator.redact import redact_trace  # noqa: E402
-from tap_emulator.writer import Publication, WriterPool  # noqa: E402
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter  # noqa: E402
+from tap_emulator.derive.deriver import Deriver, NamingPolicy  # noqa: E402
+from tap_emulator.derive.naming import Direction  # noqa: E402
+from tap_emulator.derive.redact import redact_trace  # noqa: E402
+from tap_emulator.ingest.tapsink import identity_of  # noqa: E402
+from tap_emulator.observe.metrics import Metrics  # noqa: E402
+from tap_emulator.write.pool import Publication, WriterPool  # noqa: E402
 
 
 def trace_slice(raw: bytes) -> memoryview | None:

@@ -52,9 +52,9 @@ def trace_slice(raw: bytes) -> bytes | None:
 
 def patch_passthrough() -> None:
     from tap_emulator import derive, ingest
-    from tap_emulator.derive import Derivation, TraceKind
-    from tap_emulator.naming import Half
-    from tap_emulator.redact import redact_trace
+    from tap_emulator.derive.deriver import Derivation, TraceKind
+    from tap_emulator.derive.naming import Half
+    from tap_emulator.derive.redact import redact_trace
 
     original_decode = ingest.TapSink._decode
 
@@ -114,7 +114,7 @@ def patch_passthrough() -> None:
 
 def patch_nostat() -> None:
     from tap_emulator import correlate
-    from tap_emulator.writer import SUFFIX, TEMP_PREFIX
+    from tap_emulator.write.pool import SUFFIX, TEMP_PREFIX
 
     original_init = correlate.SequenceCounter.__init__
 

@@ -2,7 +2,7 @@
 
 The metric table is the server's own: `build(Settings())` wires the emulator exactly as
 `serve` does (without starting it) and its registry is collected, so a metric that is added,
-renamed or relabelled in tap_emulator/observe.py is checked here without editing this file.
+renamed or relabelled in tap_emulator/observe/metrics.py is checked here without editing this file.
 Every family, including prometheus-client's `process_*` ones, must be shown by some panel
 unless it is listed, with its reason, in EXCLUDED_FAMILIES.
 

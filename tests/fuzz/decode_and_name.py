@@ -29,10 +29,9 @@ from google.protobuf.message import DecodeError
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.correlate import SegmentNames, SequenceCounter
-from tap_emulator.derive import Deriver, NamingPolicy
-from tap_emulator.ingest import identity_of
-from tap_emulator.naming import (
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
+from tap_emulator.derive.deriver import Deriver, NamingPolicy
+from tap_emulator.derive.naming import (
     DEFAULT_TRACE_ID_HEADERS,
     NAME_MAX_BYTES,
     Direction,
@@ -40,9 +39,10 @@ from tap_emulator.naming import (
     NameFormat,
     file_name,
 )
-from tap_emulator.observe import Metrics
-from tap_emulator.redact import DEFAULT_REDACT_HEADERS
-from tap_emulator.writer import WriterPool
+from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS
+from tap_emulator.ingest.tapsink import identity_of
+from tap_emulator.observe.metrics import Metrics
+from tap_emulator.write.pool import WriterPool
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._:-]+")
 

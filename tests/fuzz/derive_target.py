@@ -27,7 +27,7 @@ _pipelines: list[Pipeline] = []
 def check_derive_input(data: bytes, pipelines: Sequence[Pipeline] = ()) -> None:
     """The property every derive input must keep (also used by the corpus replay, which
     passes its own pipelines; the fuzzer uses scratch ones that live as long as it does)."""
-    from tap_emulator.naming import NameFormat
+    from tap_emulator.derive.naming import NameFormat
     from tests.fuzz.decode_and_name import scratch_pipeline, split_stream
 
     if not pipelines:

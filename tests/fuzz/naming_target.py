@@ -46,7 +46,7 @@ def decode_naming_input(data: bytes) -> tuple[list[str], int]:
 
 
 def check_naming_input(data: bytes) -> None:
-    from tap_emulator.naming import (
+    from tap_emulator.derive.naming import (
         DEFAULT_TRACE_ID_HEADERS,
         Direction,
         Half,
@@ -75,7 +75,7 @@ def main() -> None:
     import atheris
 
     with atheris.instrument_imports(include=["tap_emulator", "tests.fuzz"]):
-        import tap_emulator.naming  # noqa: F401
+        import tap_emulator.derive.naming  # noqa: F401
         import tests.fuzz.decode_and_name  # noqa: F401
 
     atheris.Setup(sys.argv, check_naming_input)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tap_emulator import writer
+from tap_emulator.write import pool as writer
 from tap_emulator.cli import main
 
 

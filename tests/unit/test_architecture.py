@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "tap_emulator"
 ROOMS = {
     "face": {"cli", "config", "app", "__main__"},
     "ingest": {"ingest"},
-    "derive": {"naming", "correlate", "derive", "redact"},
-    "write": {"writer", "retention"},
-    "observe": {"observe", "health"},
+    "derive": {"derive"},
+    "write": {"write"},
+    "observe": {"observe"},
     "tools": {"tools"},
     "wire": {"_proto"},
 }

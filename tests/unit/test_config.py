@@ -19,8 +19,8 @@ from tap_emulator.config import (
     build_settings,
     load_settings,
 )
-from tap_emulator.naming import Direction, NameFormat
-from tap_emulator.writer import WriteErrorPolicy, WriterMode
+from tap_emulator.derive.naming import Direction, NameFormat
+from tap_emulator.write.pool import WriteErrorPolicy, WriterMode
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tap_emulator.correlate import (
+from tap_emulator.derive.correlate import (
     BoundedLru,
     SegmentNames,
     SequenceCounter,

@@ -12,15 +12,15 @@ import pytest
 from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.correlate import SegmentNames, SequenceCounter
-from tap_emulator.derive import Derivation, Deriver, NamingPolicy, TraceKind
-from tap_emulator.naming import (
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
+from tap_emulator.derive.deriver import Derivation, Deriver, NamingPolicy, TraceKind
+from tap_emulator.derive.naming import (
     DEFAULT_TRACE_ID_HEADERS,
     Direction,
     Identity,
     NameFormat,
 )
-from tap_emulator.redact import DEFAULT_REDACT_HEADERS
+from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS
 from tests.helpers.paths import VECTORS as VECTORS_DIR
 
 # --- helpers ----------------------------------------------------------------------------

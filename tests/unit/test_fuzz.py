@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.naming import NameFormat
-from tap_emulator.observe import Metrics
-from tap_emulator.writer import Publication, WriterPool
+from tap_emulator.derive.naming import NameFormat
+from tap_emulator.observe.metrics import Metrics
+from tap_emulator.write.pool import Publication, WriterPool
 from tests.fuzz.decode_and_name import (
     Fed,
     Pipeline,

@@ -1,7 +1,7 @@
 """Naming: what a trace is called on disk (issue 2 "Naming", decisions.md 3-5, reliability S1).
 
 Names are checked end to end through the Deriver (wire message + stream identity -> file
-name), and the pure rules of `tap_emulator.naming` are checked where they decide alone.
+name), and the pure rules of `tap_emulator.derive.naming` are checked where they decide alone.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 
 from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.correlate import SegmentNames, SequenceCounter
-from tap_emulator.derive import Deriver, NamingPolicy
-from tap_emulator.ingest import identity_of
-from tap_emulator.naming import (
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
+from tap_emulator.derive.deriver import Deriver, NamingPolicy
+from tap_emulator.derive.naming import (
     DEFAULT_TRACE_ID_HEADERS,
     Direction,
     Identity,
@@ -30,6 +29,7 @@ from tap_emulator.naming import (
     namespace_from_node,
     parse_trace_id,
 )
+from tap_emulator.ingest.tapsink import identity_of
 
 # --- helpers ----------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.correlate import SegmentNames, SequenceCounter
-from tap_emulator.derive import Deriver, NamingPolicy
-from tap_emulator.naming import DEFAULT_TRACE_ID_HEADERS, Direction, Identity
-from tap_emulator.redact import DEFAULT_REDACT_HEADERS, REDACTED, redact_trace
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
+from tap_emulator.derive.deriver import Deriver, NamingPolicy
+from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, Direction, Identity
+from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS, REDACTED, redact_trace
 
 # --- helpers ----------------------------------------------------------------------------
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tap_emulator.observe import Metrics
-from tap_emulator.retention import RetentionPolicy
-from tap_emulator.writer import (
+from tap_emulator.observe.metrics import Metrics
+from tap_emulator.write.pool import (
     TEMP_PREFIX,
     OutputDirError,
     Publication,
@@ -21,6 +20,7 @@ from tap_emulator.writer import (
     WriterPool,
     publish_inline_next,
 )
+from tap_emulator.write.retention import RetentionPolicy
 
 
 @pytest.fixture(params=[True, False], ids=["o_tmpfile", "named_temporary"])

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from tap_emulator.observe import Metrics
-from tap_emulator.retention import OUR_FILE, RetentionLedger, RetentionPolicy
+from tap_emulator.observe.metrics import Metrics
+from tap_emulator.write.retention import OUR_FILE, RetentionLedger, RetentionPolicy
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from enum import StrEnum
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.correlate import SegmentNames, SequenceCounter, TraceName
-from tap_emulator.naming import (
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter, TraceName
+from tap_emulator.derive.naming import (
     EMPTY_PREFIX,
     SOCKET_PREFIX,
     Direction,
@@ -32,7 +32,7 @@ from tap_emulator.naming import (
     prefix_for,
     trace_id_from,
 )
-from tap_emulator.redact import find_and_redact, redact_headers
+from tap_emulator.derive.redact import find_and_redact, redact_headers
 
 
 class TraceKind(StrEnum):

@@ -23,10 +23,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.derive import Derivation, Deriver, TraceKind
-from tap_emulator.naming import UNKNOWN_NAMESPACE, Direction, Identity, identity
-from tap_emulator.observe import Metrics, ThrottledLog
-from tap_emulator.writer import Publication, WriterPool
+from tap_emulator.derive.deriver import Derivation, Deriver, TraceKind
+from tap_emulator.derive.naming import UNKNOWN_NAMESPACE, Direction, Identity, identity
+from tap_emulator.observe.metrics import Metrics, ThrottledLog
+from tap_emulator.write.pool import Publication, WriterPool
 
 log = logging.getLogger(__name__)
 

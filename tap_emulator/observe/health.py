@@ -19,7 +19,7 @@ from collections.abc import Callable
 from grpc_health.v1 import health, health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tap_emulator.observe import Metrics
+from tap_emulator.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
-from tap_emulator.naming import header_text
+from tap_emulator.derive.naming import header_text
 
 REDACTED = "REDACTED"
 _REDACTED_BYTES = REDACTED.encode()

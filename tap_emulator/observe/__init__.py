@@ -1,0 +1,1 @@
+"""Observe: metrics, health and readiness, and the HTTP endpoint that serves them."""
