@@ -116,10 +116,11 @@ def _unknown_fields(message: Message, path: str = "") -> list[str]:
     would still round-trip, as unknown bytes)."""
     found = [path or "."] if len(unknown_fields.UnknownFieldSet(message)) else []
     for descriptor, value in message.ListFields():
-        if descriptor.type != descriptor.TYPE_MESSAGE:
+        kind = descriptor.message_type
+        if kind is None:
             continue
-        if descriptor.message_type.GetOptions().map_entry:
-            value_field = descriptor.message_type.fields_by_name["value"]
+        if kind.GetOptions().map_entry:
+            value_field = kind.fields_by_name["value"]
             items = list(value.values()) if value_field.message_type else []
         else:
             items = list(value) if descriptor.is_repeated else [value]
