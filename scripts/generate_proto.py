@@ -1,9 +1,10 @@
 """Regenerate tap_emulator/_proto from proto/ (run as `make proto`).
 
 protoc writes imports such as `from envoy.config.core.v3 import base_pb2`, which would
-resolve to the `xds-protos` distribution wherever it is installed (decisions.md 1). This
-script rewrites every generated import of our own proto packages to stay inside
-`tap_emulator._proto`, and writes the `__init__.py` files that make it a package.
+resolve to the `xds-protos` distribution wherever it is installed (and two copies of the same
+`envoy/...` files would then clash in protobuf's default pool). This script rewrites every
+generated import of our own proto packages to stay inside `tap_emulator._proto`, and writes
+the `__init__.py` files that make it a package.
 
 `--check` regenerates into a temporary directory and fails if the committed code differs.
 """
@@ -24,7 +25,10 @@ PROTO_ROOT = REPO / "proto"
 PACKAGE = "tap_emulator._proto"
 TARGET = REPO / "tap_emulator" / "_proto"
 OUR_ROOTS = ("envoy", "xds")
-SERVICE_PROTOS = ("envoy/service/tap/v3/tap.proto",)
+SERVICE_PROTOS = (
+    "envoy/service/ext_proc/v3/external_processor.proto",
+    "envoy/service/tap/v3/tap.proto",
+)
 _IMPORT = re.compile(rf"^(\s*from )((?:{'|'.join(OUR_ROOTS)})(?:\.\w+)*)( import )", re.MULTILINE)
 
 

@@ -1,26 +1,19 @@
-"""Writes the FileDescriptorSet of xds-protos' tap service (and everything it imports) to
-stdout, so tests can compare it with ours as data, in a process that never loads our code."""
+"""Writes the FileDescriptorSet of xds-protos' tap and ext_proc services (and everything they
+import) to stdout, so tests can compare it with ours as data, in a process that never loads
+our code."""
 
 from __future__ import annotations
 
 import sys
 
+from descriptor_set import reachable_files  # a sibling: this file runs as a script
+from envoy.service.ext_proc.v3 import external_processor_pb2
 from envoy.service.tap.v3 import tap_pb2
-from google.protobuf import descriptor_pb2
 
 
 def main() -> None:
-    found = descriptor_pb2.FileDescriptorSet()
-    seen: set[str] = set()
-    pending = [tap_pb2.DESCRIPTOR]
-    while pending:
-        file = pending.pop()
-        if file.name in seen:
-            continue
-        seen.add(file.name)
-        file.CopyToProto(found.file.add())
-        pending.extend(file.dependencies)
-    sys.stdout.buffer.write(found.SerializeToString())
+    roots = [tap_pb2.DESCRIPTOR, external_processor_pb2.DESCRIPTOR]
+    sys.stdout.buffer.write(reachable_files(roots).SerializeToString())
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from tap_emulator.write import pool as writer
 from tap_emulator.cli import main
+from tap_emulator.write import pool as writer
 
 
 def slow_down(delay: float, gate: Path | None) -> None:

@@ -1,5 +1,6 @@
-"""The wire API: generated code is current, matches Envoy's official definitions field by
-field, and reads real Envoy output back byte for byte."""
+"""The wire API (tap sink and ext_proc services): generated code is current, matches Envoy's
+official definitions field by field, needs no xds-protos, and reads real Envoy output back
+byte for byte."""
 
 from __future__ import annotations
 
@@ -12,10 +13,31 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.internal.decoder import _DecodeVarint32  # type: ignore[attr-defined]
 
 from tap_emulator._proto.envoy.data.tap.v3 import wrapper_pb2
+from tap_emulator._proto.envoy.service.ext_proc.v3 import external_processor_pb2
 from tap_emulator._proto.envoy.service.tap.v3 import tap_pb2
+from tests.helpers.descriptor_set import reachable_files
 from tests.helpers.paths import HELPERS, REPO
 
 Field = descriptor_pb2.FieldDescriptorProto
+
+# Files we copy whole from Envoy's API (the others, such as core/v3/base.proto, are subsets:
+# only what the two services reach).
+WHOLE_FILES = (
+    "envoy/data/tap/v3/common.proto",
+    "envoy/data/tap/v3/http.proto",
+    "envoy/data/tap/v3/transport.proto",
+    "envoy/data/tap/v3/wrapper.proto",
+    "envoy/extensions/filters/http/ext_proc/v3/processing_mode.proto",
+    "envoy/service/ext_proc/v3/external_processor.proto",
+    "envoy/service/tap/v3/tap.proto",
+    "envoy/type/v3/http_status.proto",
+    "envoy/type/v3/semantic_version.proto",
+    "xds/core/v3/context_params.proto",
+)
+SERVICES = (
+    "envoy.service.ext_proc.v3.ExternalProcessor/Process",
+    "envoy.service.tap.v3.TapSinkService/StreamTaps",
+)
 
 
 def test_generated_code_is_up_to_date() -> None:
@@ -81,16 +103,16 @@ def _shape(message: descriptor_pb2.DescriptorProto) -> dict[str, tuple[object, .
 
 
 def _ours() -> list[descriptor_pb2.FileDescriptorProto]:
-    found: dict[str, descriptor_pb2.FileDescriptorProto] = {}
-    pending = [tap_pb2.DESCRIPTOR]
-    while pending:
-        file = pending.pop()
-        if file.name not in found:
-            proto = descriptor_pb2.FileDescriptorProto()
-            file.CopyToProto(proto)
-            found[file.name] = proto
-            pending.extend(file.dependencies)
-    return [f for f in found.values() if not f.name.startswith("google/")]
+    roots = [tap_pb2.DESCRIPTOR, external_processor_pb2.DESCRIPTOR]
+    return [f for f in reachable_files(roots).file if not f.name.startswith("google/")]
+
+
+def _top_level_names(file: descriptor_pb2.FileDescriptorProto) -> set[str]:
+    return {m.name for m in file.message_type} | {e.name for e in file.enum_type}
+
+
+def _nested_names(message: descriptor_pb2.DescriptorProto) -> set[str]:
+    return {m.name for m in message.nested_type} | {e.name for e in message.enum_type}
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +131,26 @@ def test_every_message_we_define_matches_envoys_field_by_field(
 ) -> None:
     theirs = _index(official)
     ours = _index(_ours())
-    assert len(ours) >= 30
+    assert len(ours) >= 50
+    assert "envoy.service.ext_proc.v3.ProcessingRequest.AttributesEntry" in ours
     for name, message in sorted(ours.items()):
         assert name in theirs, f"{name} is not an Envoy message"
         assert _shape(message) == _shape(theirs[name]), name
         assert message.options.map_entry == theirs[name].options.map_entry, name
+        assert _nested_names(message) == _nested_names(theirs[name]), name
+
+
+def test_files_we_copy_whole_define_everything_envoys_do(
+    official: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
+    theirs = {file.name: file for file in official}
+    ours = {file.name: file for file in _ours()}
+    assert set(WHOLE_FILES) <= set(ours)
+    for name in WHOLE_FILES:
+        assert ours[name].package == theirs[name].package, name
+        assert _top_level_names(ours[name]) == _top_level_names(theirs[name]), name
+    for name, file in ours.items():
+        assert _top_level_names(file) <= _top_level_names(theirs[name]), name
 
 
 def test_every_enum_we_define_matches_envoys(
@@ -121,23 +158,26 @@ def test_every_enum_we_define_matches_envoys(
 ) -> None:
     theirs = _enums(official)
     ours = _enums(_ours())
-    assert ours, "expected at least SocketAddress.Protocol"
+    assert "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode.BodySendMode" in ours
+    assert "envoy.type.v3.StatusCode" in ours
     for name, values in ours.items():
         assert values == theirs[name], name
 
 
-def test_every_message_the_tap_service_reaches_is_defined(
-    official: list[descriptor_pb2.FileDescriptorProto],
-) -> None:
+def test_every_type_the_services_reach_is_defined() -> None:
     """No field of ours points at a type we left out (it would decode as unknown bytes)."""
-    ours = _index(_ours())
+    files = _ours()
+    ours = _index(files)
+    enums = _enums(files)
     for name, message in ours.items():
         for field in message.field:
-            if field.type == Field.TYPE_MESSAGE and not field.type_name.startswith(".google."):
-                assert field.type_name.lstrip(".") in ours, f"{name}.{field.name}"
+            if field.type_name.startswith(".google.") or not field.type_name:
+                continue
+            known = ours if field.type == Field.TYPE_MESSAGE else enums
+            assert field.type_name.lstrip(".") in known, f"{name}.{field.name}"
 
 
-def test_the_service_matches_envoys(official: list[descriptor_pb2.FileDescriptorProto]) -> None:
+def test_the_services_match_envoys(official: list[descriptor_pb2.FileDescriptorProto]) -> None:
     def methods(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str, tuple[object, ...]]:
         return {
             f"{file.package}.{service.name}/{method.name}": (
@@ -151,12 +191,21 @@ def test_the_service_matches_envoys(official: list[descriptor_pb2.FileDescriptor
             for method in service.method
         }
 
-    ours = methods(_ours())
-    assert ours == {
-        "envoy.service.tap.v3.TapSinkService/StreamTaps": methods(official)[
-            "envoy.service.tap.v3.TapSinkService/StreamTaps"
-        ]
-    }
+    theirs = methods(official)
+    assert methods(_ours()) == {name: theirs[name] for name in SERVICES}
+
+
+def test_ext_proc_service_imports_where_xds_protos_cannot() -> None:
+    """The generated ext_proc code resolves only inside our package, as the image needs."""
+    code = (
+        "import tests.helpers.no_xds_server\n"
+        "from tap_emulator._proto.envoy.service.ext_proc.v3 import external_processor_pb2_grpc\n"
+        "assert external_processor_pb2_grpc.ExternalProcessorServicer\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
 
 
 def _length_delimited(data: bytes) -> list[bytes]:

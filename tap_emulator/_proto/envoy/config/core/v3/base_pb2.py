@@ -24,35 +24,53 @@ _sym_db = _symbol_database.Default()
 
 from tap_emulator._proto.envoy.config.core.v3 import address_pb2 as envoy_dot_config_dot_core_dot_v3_dot_address__pb2
 from tap_emulator._proto.envoy.type.v3 import semantic_version_pb2 as envoy_dot_type_dot_v3_dot_semantic__version__pb2
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 from tap_emulator._proto.xds.core.v3 import context_params_pb2 as xds_dot_core_dot_v3_dot_context__params__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65nvoy/config/core/v3/base.proto\x12\x14\x65nvoy.config.core.v3\x1a\"envoy/config/core/v3/address.proto\x1a$envoy/type/v3/semantic_version.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a xds/core/v3/context_params.proto\":\n\x08Locality\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08sub_zone\x18\x03 \x01(\t\"j\n\x0c\x42uildVersion\x12/\n\x07version\x18\x01 \x01(\x0b\x32\x1e.envoy.type.v3.SemanticVersion\x12)\n\x08metadata\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa2\x01\n\tExtension\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x1b\n\x0ftype_descriptor\x18\x03 \x01(\tB\x02\x18\x01\x12\x33\n\x07version\x18\x04 \x01(\x0b\x32\".envoy.config.core.v3.BuildVersion\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\x12\x11\n\ttype_urls\x18\x06 \x03(\t\"\xcd\x04\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12M\n\x12\x64ynamic_parameters\x18\x0c \x03(\x0b\x32\x31.envoy.config.core.v3.Node.DynamicParametersEntry\x12\x30\n\x08locality\x18\x04 \x01(\x0b\x32\x1e.envoy.config.core.v3.Locality\x12\x17\n\x0fuser_agent_name\x18\x06 \x01(\t\x12\x1c\n\x12user_agent_version\x18\x07 \x01(\tH\x00\x12\x46\n\x18user_agent_build_version\x18\x08 \x01(\x0b\x32\".envoy.config.core.v3.BuildVersionH\x00\x12\x33\n\nextensions\x18\t \x03(\x0b\x32\x1f.envoy.config.core.v3.Extension\x12\x17\n\x0f\x63lient_features\x18\n \x03(\t\x12>\n\x13listening_addresses\x18\x0b \x03(\x0b\x32\x1d.envoy.config.core.v3.AddressB\x02\x18\x01\x1aT\n\x16\x44ynamicParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.xds.core.v3.ContextParams:\x02\x38\x01\x42\x19\n\x17user_agent_version_type\"<\n\x0bHeaderValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\traw_value\x18\x03 \x01(\x0c\"?\n\tHeaderMap\x12\x32\n\x07headers\x18\x01 \x03(\x0b\x32!.envoy.config.core.v3.HeaderValueb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65nvoy/config/core/v3/base.proto\x12\x14\x65nvoy.config.core.v3\x1a\"envoy/config/core/v3/address.proto\x1a$envoy/type/v3/semantic_version.proto\x1a\x19google/protobuf/any.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a xds/core/v3/context_params.proto\"\xd1\x02\n\x08Metadata\x12K\n\x0f\x66ilter_metadata\x18\x01 \x03(\x0b\x32\x32.envoy.config.core.v3.Metadata.FilterMetadataEntry\x12V\n\x15typed_filter_metadata\x18\x02 \x03(\x0b\x32\x37.envoy.config.core.v3.Metadata.TypedFilterMetadataEntry\x1aN\n\x13\x46ilterMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1aP\n\x18TypedFilterMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\":\n\x08Locality\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08sub_zone\x18\x03 \x01(\t\"j\n\x0c\x42uildVersion\x12/\n\x07version\x18\x01 \x01(\x0b\x32\x1e.envoy.type.v3.SemanticVersion\x12)\n\x08metadata\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa2\x01\n\tExtension\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x1b\n\x0ftype_descriptor\x18\x03 \x01(\tB\x02\x18\x01\x12\x33\n\x07version\x18\x04 \x01(\x0b\x32\".envoy.config.core.v3.BuildVersion\x12\x10\n\x08\x64isabled\x18\x05 \x01(\x08\x12\x11\n\ttype_urls\x18\x06 \x03(\t\"\xcd\x04\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12M\n\x12\x64ynamic_parameters\x18\x0c \x03(\x0b\x32\x31.envoy.config.core.v3.Node.DynamicParametersEntry\x12\x30\n\x08locality\x18\x04 \x01(\x0b\x32\x1e.envoy.config.core.v3.Locality\x12\x17\n\x0fuser_agent_name\x18\x06 \x01(\t\x12\x1c\n\x12user_agent_version\x18\x07 \x01(\tH\x00\x12\x46\n\x18user_agent_build_version\x18\x08 \x01(\x0b\x32\".envoy.config.core.v3.BuildVersionH\x00\x12\x33\n\nextensions\x18\t \x03(\x0b\x32\x1f.envoy.config.core.v3.Extension\x12\x17\n\x0f\x63lient_features\x18\n \x03(\t\x12>\n\x13listening_addresses\x18\x0b \x03(\x0b\x32\x1d.envoy.config.core.v3.AddressB\x02\x18\x01\x1aT\n\x16\x44ynamicParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.xds.core.v3.ContextParams:\x02\x38\x01\x42\x19\n\x17user_agent_version_type\"<\n\x0bHeaderValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\traw_value\x18\x03 \x01(\x0c\"\xe2\x02\n\x11HeaderValueOption\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32!.envoy.config.core.v3.HeaderValue\x12.\n\x06\x61ppend\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.BoolValueB\x02\x18\x01\x12Q\n\rappend_action\x18\x03 \x01(\x0e\x32:.envoy.config.core.v3.HeaderValueOption.HeaderAppendAction\x12\x18\n\x10keep_empty_value\x18\x04 \x01(\x08\"}\n\x12HeaderAppendAction\x12\x1b\n\x17\x41PPEND_IF_EXISTS_OR_ADD\x10\x00\x12\x11\n\rADD_IF_ABSENT\x10\x01\x12\x1e\n\x1aOVERWRITE_IF_EXISTS_OR_ADD\x10\x02\x12\x17\n\x13OVERWRITE_IF_EXISTS\x10\x03\"?\n\tHeaderMap\x12\x32\n\x07headers\x18\x01 \x03(\x0b\x32!.envoy.config.core.v3.HeaderValueb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'envoy.config.core.v3.base_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_METADATA_FILTERMETADATAENTRY']._loaded_options = None
+  _globals['_METADATA_FILTERMETADATAENTRY']._serialized_options = b'8\001'
+  _globals['_METADATA_TYPEDFILTERMETADATAENTRY']._loaded_options = None
+  _globals['_METADATA_TYPEDFILTERMETADATAENTRY']._serialized_options = b'8\001'
   _globals['_EXTENSION'].fields_by_name['type_descriptor']._loaded_options = None
   _globals['_EXTENSION'].fields_by_name['type_descriptor']._serialized_options = b'\030\001'
   _globals['_NODE_DYNAMICPARAMETERSENTRY']._loaded_options = None
   _globals['_NODE_DYNAMICPARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_NODE'].fields_by_name['listening_addresses']._loaded_options = None
   _globals['_NODE'].fields_by_name['listening_addresses']._serialized_options = b'\030\001'
-  _globals['_LOCALITY']._serialized_start=195
-  _globals['_LOCALITY']._serialized_end=253
-  _globals['_BUILDVERSION']._serialized_start=255
-  _globals['_BUILDVERSION']._serialized_end=361
-  _globals['_EXTENSION']._serialized_start=364
-  _globals['_EXTENSION']._serialized_end=526
-  _globals['_NODE']._serialized_start=529
-  _globals['_NODE']._serialized_end=1118
-  _globals['_NODE_DYNAMICPARAMETERSENTRY']._serialized_start=1007
-  _globals['_NODE_DYNAMICPARAMETERSENTRY']._serialized_end=1091
-  _globals['_HEADERVALUE']._serialized_start=1120
-  _globals['_HEADERVALUE']._serialized_end=1180
-  _globals['_HEADERMAP']._serialized_start=1182
-  _globals['_HEADERMAP']._serialized_end=1245
+  _globals['_HEADERVALUEOPTION'].fields_by_name['append']._loaded_options = None
+  _globals['_HEADERVALUEOPTION'].fields_by_name['append']._serialized_options = b'\030\001'
+  _globals['_METADATA']._serialized_start=255
+  _globals['_METADATA']._serialized_end=592
+  _globals['_METADATA_FILTERMETADATAENTRY']._serialized_start=432
+  _globals['_METADATA_FILTERMETADATAENTRY']._serialized_end=510
+  _globals['_METADATA_TYPEDFILTERMETADATAENTRY']._serialized_start=512
+  _globals['_METADATA_TYPEDFILTERMETADATAENTRY']._serialized_end=592
+  _globals['_LOCALITY']._serialized_start=594
+  _globals['_LOCALITY']._serialized_end=652
+  _globals['_BUILDVERSION']._serialized_start=654
+  _globals['_BUILDVERSION']._serialized_end=760
+  _globals['_EXTENSION']._serialized_start=763
+  _globals['_EXTENSION']._serialized_end=925
+  _globals['_NODE']._serialized_start=928
+  _globals['_NODE']._serialized_end=1517
+  _globals['_NODE_DYNAMICPARAMETERSENTRY']._serialized_start=1406
+  _globals['_NODE_DYNAMICPARAMETERSENTRY']._serialized_end=1490
+  _globals['_HEADERVALUE']._serialized_start=1519
+  _globals['_HEADERVALUE']._serialized_end=1579
+  _globals['_HEADERVALUEOPTION']._serialized_start=1582
+  _globals['_HEADERVALUEOPTION']._serialized_end=1936
+  _globals['_HEADERVALUEOPTION_HEADERAPPENDACTION']._serialized_start=1811
+  _globals['_HEADERVALUEOPTION_HEADERAPPENDACTION']._serialized_end=1936
+  _globals['_HEADERMAP']._serialized_start=1938
+  _globals['_HEADERMAP']._serialized_end=2001
 # @@protoc_insertion_point(module_scope)

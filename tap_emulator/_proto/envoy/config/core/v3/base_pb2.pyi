@@ -1,14 +1,39 @@
 from tap_emulator._proto.envoy.config.core.v3 import address_pb2 as _address_pb2
 from tap_emulator._proto.envoy.type.v3 import semantic_version_pb2 as _semantic_version_pb2
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import wrappers_pb2 as _wrappers_pb2
 from tap_emulator._proto.xds.core.v3 import context_params_pb2 as _context_params_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Metadata(_message.Message):
+    __slots__ = ("filter_metadata", "typed_filter_metadata")
+    class FilterMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    class TypedFilterMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _any_pb2.Any
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+    FILTER_METADATA_FIELD_NUMBER: _ClassVar[int]
+    TYPED_FILTER_METADATA_FIELD_NUMBER: _ClassVar[int]
+    filter_metadata: _containers.MessageMap[str, _struct_pb2.Struct]
+    typed_filter_metadata: _containers.MessageMap[str, _any_pb2.Any]
+    def __init__(self, filter_metadata: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., typed_filter_metadata: _Optional[_Mapping[str, _any_pb2.Any]] = ...) -> None: ...
 
 class Locality(_message.Message):
     __slots__ = ("region", "zone", "sub_zone")
@@ -86,6 +111,28 @@ class HeaderValue(_message.Message):
     value: str
     raw_value: bytes
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ..., raw_value: _Optional[bytes] = ...) -> None: ...
+
+class HeaderValueOption(_message.Message):
+    __slots__ = ("header", "append", "append_action", "keep_empty_value")
+    class HeaderAppendAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        APPEND_IF_EXISTS_OR_ADD: _ClassVar[HeaderValueOption.HeaderAppendAction]
+        ADD_IF_ABSENT: _ClassVar[HeaderValueOption.HeaderAppendAction]
+        OVERWRITE_IF_EXISTS_OR_ADD: _ClassVar[HeaderValueOption.HeaderAppendAction]
+        OVERWRITE_IF_EXISTS: _ClassVar[HeaderValueOption.HeaderAppendAction]
+    APPEND_IF_EXISTS_OR_ADD: HeaderValueOption.HeaderAppendAction
+    ADD_IF_ABSENT: HeaderValueOption.HeaderAppendAction
+    OVERWRITE_IF_EXISTS_OR_ADD: HeaderValueOption.HeaderAppendAction
+    OVERWRITE_IF_EXISTS: HeaderValueOption.HeaderAppendAction
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    APPEND_FIELD_NUMBER: _ClassVar[int]
+    APPEND_ACTION_FIELD_NUMBER: _ClassVar[int]
+    KEEP_EMPTY_VALUE_FIELD_NUMBER: _ClassVar[int]
+    header: HeaderValue
+    append: _wrappers_pb2.BoolValue
+    append_action: HeaderValueOption.HeaderAppendAction
+    keep_empty_value: bool
+    def __init__(self, header: _Optional[_Union[HeaderValue, _Mapping]] = ..., append: _Optional[_Union[_wrappers_pb2.BoolValue, _Mapping]] = ..., append_action: _Optional[_Union[HeaderValueOption.HeaderAppendAction, str]] = ..., keep_empty_value: _Optional[bool] = ...) -> None: ...
 
 class HeaderMap(_message.Message):
     __slots__ = ("headers",)
