@@ -132,6 +132,31 @@ class Helm:
         assert done.returncode != 0, f"helm template should have failed, rendered:\n{done.stdout}"
         return done.stderr
 
+    def notes(
+        self, chart: Path, release: str, namespace: str, values: Mapping[str, Any] | None = None
+    ) -> str:
+        """The chart's NOTES.txt as `helm install` would print it. helm template skips NOTES,
+        so a copy of the chart renders it as the text of a YAML document instead."""
+        copy = self.scratch / f"notes-{chart.name}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(chart, copy)
+        notes = copy / "templates" / "NOTES.txt"
+        text = notes.read_text()
+        notes.unlink()
+        (copy / "templates" / "_notes.tpl").write_text(
+            '{{- define "test.notes" -}}\n' + text + "\n{{- end -}}\n"
+        )
+        (copy / "templates" / "notes.yaml").write_text(
+            'text: |\n{{ include "test.notes" . | indent 2 }}\n'
+        )
+        argv: list[str | Path] = [self.binary, "template", release, copy, "--namespace", namespace]
+        argv += ["--show-only", "templates/notes.yaml", *self._values_args(values)]
+        done = run(argv)
+        assert done.returncode == 0, f"helm template failed:\n{done.stderr}"
+        rendered = yaml.safe_load(done.stdout)
+        assert isinstance(rendered, dict)
+        return str(rendered["text"])
+
     def lint(
         self, chart: Path, namespace: str, values: Mapping[str, Any] | None = None
     ) -> subprocess.CompletedProcess[str]:
@@ -139,13 +164,38 @@ class Helm:
         return run(argv + self._values_args(values))
 
 
+EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+WITH_MATCHER_TYPE = "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
+
+
+def http_filter_patches(envoy_filter: Obj) -> list[Obj]:
+    return [p for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
+
+
 def tap_configs(envoy_filter: Obj) -> list[Obj]:
     """The typed_config of every tap filter an EnvoyFilter inserts."""
     return [
         patch["patch"]["value"]["typed_config"]
-        for patch in envoy_filter["spec"]["configPatches"]
+        for patch in http_filter_patches(envoy_filter)
         if patch["patch"]["value"]["name"] == "envoy.filters.http.tap"
     ]
+
+
+def ext_proc_configs(envoy_filter: Obj) -> list[Obj]:
+    """The ExternalProcessor config of every ext_proc filter an EnvoyFilter inserts, taken out
+    of its ExtensionWithMatcher wrapper when it has one."""
+    found = []
+    for patch in http_filter_patches(envoy_filter):
+        typed_config = patch["patch"]["value"]["typed_config"]
+        if typed_config["@type"] == WITH_MATCHER_TYPE:
+            typed_config = typed_config["extension_config"]["typed_config"]
+        if typed_config["@type"] == EXT_PROC_TYPE:
+            found.append(typed_config)
+    return found
+
+
+def initial_metadata(ext_proc: Obj) -> dict[str, str]:
+    return {item["key"]: item["value"] for item in ext_proc["grpc_service"]["initial_metadata"]}
 
 
 def grpc_sinks(envoy_filter: Obj) -> list[Obj]:

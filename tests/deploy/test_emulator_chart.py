@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from typing import Any
 
 import kubernetes_validate
@@ -12,6 +15,7 @@ from deploy_support import (
     EMULATOR_NAMESPACE,
     EMULATOR_RELEASE,
     EXAMPLES,
+    REPO,
     Helm,
     Obj,
     Rendered,
@@ -315,3 +319,82 @@ def test_grace_margin_below_one_second_is_refused(helm: Helm, extra: int) -> Non
         {"terminationGraceExtraSeconds": extra},
     )
     assert "terminationGraceExtraSeconds" in error
+
+
+# --- the values schema ------------------------------------------------------------------------
+
+SCHEMA = EMULATOR_CHART / "values.schema.json"
+
+
+def test_config_schema_is_current_with_the_settings_table() -> None:
+    """The lead adds settings to tap_emulator/config.py; the chart's schema must follow."""
+    check = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "generate_chart_schema.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_config_schema_lists_exactly_the_emulator_settings() -> None:
+    config = json.loads(SCHEMA.read_text())["properties"]["config"]
+    assert config["additionalProperties"] is False
+    assert set(config["properties"]) == set(FIELDS)
+
+
+@pytest.mark.parametrize("example", ["emulator-tls-values.yaml", "emulator-hardened-values.yaml"])
+def test_example_values_files_pass_the_schema(helm: Helm, example: str) -> None:
+    done = helm.template_text(
+        EMULATOR_CHART, EMULATOR_RELEASE, EMULATOR_NAMESPACE, values_file=EXAMPLES / example
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def schema_error(helm: Helm, values: dict[str, Any]) -> str:
+    return helm.template_error(EMULATOR_CHART, EMULATOR_RELEASE, EMULATOR_NAMESPACE, values)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"config": {"writer": 2}}, "config: Additional property writer is not allowed"),
+        ({"Config": {"writers": 2}}, "Additional property Config is not allowed"),
+        ({"image": {"pullpolicy": "Always"}}, "image: Additional property pullpolicy"),
+        ({"service": {"grpcport": 9000}}, "service: Additional property grpcport"),
+        ({"output": {"sizeLimitMib": 10}}, "output: Additional property sizeLimitMib"),
+    ],
+)
+def test_a_misspelled_key_is_refused_by_name(helm: Helm, values: dict[str, Any], key: str) -> None:
+    assert key in schema_error(helm, values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": {"fsync": "maybe"}}, "config.fsync: Invalid type. Expected: boolean"),
+        ({"config": {"writers": 100}}, "config.writers: Must be less than or equal to 64"),
+        (
+            {"config": {"name_format": "plane"}},
+            "config.name_format: config.name_format must be one of",
+        ),
+        (
+            {"config": {"drain_timeout_seconds": "20s"}},
+            "config.drain_timeout_seconds: Invalid type",
+        ),
+        ({"config": {"listen": "0.0.0.0"}}, "config.listen: Does not match pattern"),
+        ({"replicaCount": "one"}, "replicaCount: Invalid type. Expected: integer"),
+        ({"service": {"grpcPort": 70000}}, "service.grpcPort: Must be less than or equal to 65535"),
+    ],
+)
+def test_a_wrong_type_or_range_is_refused_by_name(
+    helm: Helm, values: dict[str, Any], message: str
+) -> None:
+    assert message in schema_error(helm, values)
+
+
+def test_sizes_with_units_are_accepted_as_the_emulator_accepts_them(helm: Helm) -> None:
+    rendered = render(helm, {"config": {"queue_max_bytes": "128MiB", "file_mode": "0600"}})
+    loaded = build_settings(settings(rendered))
+    assert loaded.queue_max_bytes == 128 * 1024 * 1024
+    assert loaded.file_mode == 0o600

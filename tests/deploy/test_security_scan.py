@@ -22,7 +22,7 @@ from deploy_support import (
 # hardened example below passes all three, so they stay reachable through values.
 JUSTIFIED_SKIPS = {
     # Image pinned by digest: the digest exists only once the image is pushed to a registry,
-    # and none is reachable from here (decisions 20). image.digest sets it.
+    # and none is reachable from here. image.digest sets it.
     "CKV_K8S_43",
     # imagePullPolicy Always: the emulator is for non-production clusters, where images are
     # often loaded straight into the nodes (kind load, k3d image import) and Always would fail

@@ -11,7 +11,8 @@ from deploy_support import EXAMPLES, REPO, Helm, run
 
 README = REPO / "deploy" / "README.md"
 
-# The guide's commands with our chart paths (decisions 17), as a user would type them.
+# The guide's commands with our chart paths (the guide's paths are those of the vendor's
+# release bundle; deploy/README.md maps them), as a user would type them.
 GUIDE_COMMANDS = [
     "kubectl label namespace <networkAnalysisToolNamespaceName> istio-injection=enabled "
     "--overwrite",
