@@ -11,6 +11,7 @@ committed file differs from what this script would write.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import inspect
 import json
@@ -71,6 +72,11 @@ def _enum_of(kind: str) -> type[enum.Enum] | None:
 def field_schema(name: str, item: Field[Any]) -> Schema:
     """The schema of one setting; unknown field types stop the script with a remedy."""
     kind = str(item.type)
+    if kind.endswith(" | None") and kind != "Path | None":
+        # An optional setting: what the plain type takes, or null (unset).
+        inner = field_schema(name, _retyped(item, kind.removesuffix(" | None")))
+        description = inner.pop("description")
+        return {"description": description, "anyOf": [inner, {"type": "null"}]}
     schema: Schema
     if kind == "int" and item.metadata.get("octal"):
         schema = {
@@ -109,6 +115,13 @@ def field_schema(name: str, item: Field[Any]) -> Schema:
     if name in CHART_OVERRIDES:
         schema = {**_bounded(CHART_OVERRIDES[name], name)}
     return {"description": item.metadata["help"], **schema}
+
+
+def _retyped(item: Field[Any], kind: str) -> Field[Any]:
+    """A copy of `item` that declares another type, for the parts of an optional setting."""
+    copy: Field[Any] = dataclasses.field(default=item.default, metadata=item.metadata)
+    copy.name, copy.type = item.name, kind
+    return copy
 
 
 def config_schema() -> Schema:

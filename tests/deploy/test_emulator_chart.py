@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
@@ -398,3 +400,32 @@ def test_sizes_with_units_are_accepted_as_the_emulator_accepts_them(helm: Helm) 
     loaded = build_settings(settings(rendered))
     assert loaded.queue_max_bytes == 128 * 1024 * 1024
     assert loaded.file_mode == 0o600
+
+
+def schema_generator() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "generate_chart_schema", REPO / "scripts" / "generate_chart_schema.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def a_setting(name: str, kind: str) -> Any:
+    item: Any = dataclasses.field(default=None, metadata={"help": "a new setting"})
+    item.name, item.type = name, kind
+    return item
+
+
+def test_schema_generator_maps_an_optional_setting_to_its_type_or_null() -> None:
+    schema = schema_generator().field_schema("forward_to", a_setting("forward_to", "str | None"))
+    assert schema == {
+        "description": "a new setting",
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+    }
+
+
+def test_schema_generator_stops_on_a_type_it_cannot_map_and_names_the_setting() -> None:
+    with pytest.raises(SystemExit, match="'limits' has type 'dict\\[str, int\\]'"):
+        schema_generator().field_schema("limits", a_setting("limits", "dict[str, int]"))

@@ -266,6 +266,33 @@ def test_cluster_patch_leaves_istio_circuit_breakers_alone(rendered: Rendered) -
 
 # --- options of the extProc sink -------------------------------------------------------------
 
+# Each option beside the guide's table, with where it is installed.
+OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gateway": (
+        "istio-system",
+        {"workloadSelector": {"labels": {"istio": "ingressgateway"}}, "capture": {"gateway": True}},
+    ),
+    "header-match": ("bookinfo", {"match": {"requestHeader": {"name": "x-pi2", "value": "1"}}}),
+    "sampling": ("bookinfo", {"sampling": {"percent": 12.5}}),
+    "recorded-extras": (
+        "bookinfo",
+        {"trace": {"recordHeadersReceivedTime": True, "recordDownstreamConnection": True}},
+    ),
+    "buffered": ("bookinfo", {"trace": {"streaming": False, "maxBufferedRxBytes": 4096}}),
+}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_every_option_renders_objects_istio_and_kubernetes_accept(helm: Helm, option: str) -> None:
+    namespace, values = OPTIONS[option]
+    rendered = render(helm, namespace, values)
+    assert helm.lint(FILTER_CHART, namespace, values).returncode == 0
+    for envoy_filter in rendered.objects:
+        model = EnvoyFilter.model_validate(envoy_filter)
+        assert model.model_dump(mode="json", by_alias=True, exclude_none=True) == envoy_filter
+        carrier = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": envoy_filter["metadata"]}
+        kubernetes_validate.validate(carrier, KUBERNETES_VERSION, strict=True)
+
 
 def test_gateway_filter_is_rendered_only_when_enabled(helm: Helm) -> None:
     rendered = render(
