@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from tests.helpers.chart_bootstrap import (
     build_bootstrap,
     chart_bootstrap,
     counters,
+    file_tap_filter,
     istio_cluster,
     istio_merge,
     running_envoy,
@@ -87,6 +89,15 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
+def wait_for_files(directory: Path, deadline_seconds: float) -> list[Path]:
+    """The files in `directory` once there is at least one; fails when none comes in time."""
+    deadline = time.monotonic() + deadline_seconds
+    while not (found := sorted(directory.iterdir())):
+        assert time.monotonic() < deadline, f"nothing written to {directory}"
+        time.sleep(0.05)
+    return found
+
+
 def ext_proc_counters(admin: str, listener: str) -> dict[str, int]:
     prefix = EXT_PROC.format(listener=listener)
     return {k.removeprefix(prefix): v for k, v in counters(admin, prefix).items()}
@@ -98,6 +109,8 @@ pytestmark = pytest.mark.envoy
 def test_a_request_through_the_rendered_filters_succeeds_with_no_emulator_running(
     envoy: Path, backend: RecordingBackend, tmp_path: Path
 ) -> None:
+    taps = tmp_path / "taps"
+    taps.mkdir()
     bootstrap = chart_bootstrap(
         None,
         scratch=tmp_path,
@@ -105,17 +118,21 @@ def test_a_request_through_the_rendered_filters_succeeds_with_no_emulator_runnin
         emulator=DEAD_ADDRESS,
         workload=WORKLOAD,
         tracing=True,
+        extra_http_filters=[file_tap_filter(taps / "tap")],
     )
     with running_envoy(envoy, bootstrap, tmp_path / "envoy") as proxy:
         assert sorted(proxy.ports) == ["inbound", "outbound"]
         assert get(proxy.url("inbound", "/hello")) == (200, b"backend")
         seen = ext_proc_counters(proxy.admin, "inbound")
+        side_by_side = wait_for_files(taps, deadline_seconds=10)
     # The filter opened its side stream, could not reach the emulator and let the request on.
     assert seen["streams_started"] == 1
     assert seen["failure_mode_allowed"] == 1
     # Istio's tracer setup: the upstream got a 128-bit trace id.
     (request,) = backend.requests
     assert HEX_128_BITS.match(request["x-b3-traceid"])
+    # The extra tap filter after the rendered one wrote its own capture of the same request.
+    assert [path.suffix for path in side_by_side] == [".pb"]
 
 
 def test_the_header_match_runs_the_filter_only_for_requests_that_carry_the_header(
