@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import json
-import os
 import re
 import subprocess
 import time
@@ -44,6 +42,7 @@ from typing import Any
 import yaml
 
 from tests.deploy.deploy_support import FILTER_CHART, Helm, find_tool
+from tests.helpers.harness import unique_base_id
 
 Obj = dict[str, Any]
 
@@ -424,14 +423,6 @@ def write_bootstrap(bootstrap: Obj, path: Path) -> Path:
 
 
 # --- a running Envoy -------------------------------------------------------------------------
-
-_base_ids = itertools.count(1)
-
-
-def unique_base_id() -> int:
-    """An Envoy --base-id no other Envoy on this machine is likely to use (hot-restart shared
-    memory and sockets are keyed on it)."""
-    return 50_000_000 + (os.getpid() % 100_000) * 100 + next(_base_ids) % 100
 
 
 @dataclass(frozen=True)
