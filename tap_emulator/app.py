@@ -1,14 +1,15 @@
-"""Face: the composition root and the server's lifecycle (start, serve, drain, stop).
+"""App: the composition root and the server's lifecycle (start, serve, drain, stop).
 
-Start order: open the output directory (sweeping our stale temporaries), start the
-writers, start the gRPC listener and the HTTP endpoint, log one line with every bound
-address, then report ready.
+Start order: open the output directory (in a thread: learn what it holds, sweep stale
+temporaries), start the writers and the directory's watch, start the gRPC listener and the HTTP
+endpoint, log one line with every bound address, then report ready.
 
 Stop order, on the first SIGTERM or SIGINT: report not ready (HTTP and gRPC health), stop
 accepting streams and end the open ones (a proxy's tap stream never ends by itself), publish
 every accepted message, then exit 0. If that does not finish within `drain_timeout_seconds`
-the exact number of accepted messages not written is logged and the exit status is 1. A
-second signal exits at once.
+the exact number of accepted files not written is logged and the exit status is 1. A second
+signal exits at once. Signals are taken by a thread of their own (see `SignalWatch`), so both
+promises hold even if the event loop is stuck.
 """
 
 from __future__ import annotations
@@ -19,48 +20,69 @@ import errno
 import logging
 import os
 import signal
-import sys
+import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from tap_emulator import __version__
-from tap_emulator.config import ConfigError, Settings, split_address
-from tap_emulator.derive.correlate import SegmentNames, SequenceCounter, StemSketch
+from tap_emulator.config import ConfigError, Settings
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
 from tap_emulator.derive.deriver import Deriver, NamingPolicy
-from tap_emulator.ingest.tapsink import TapSink
+from tap_emulator.ingest.handoff import Handoff
+from tap_emulator.ingest.streams import StreamLimits, StreamRegistry
+from tap_emulator.ingest.tapsink import SERVICE as TAP_SERVICE
+from tap_emulator.ingest.tapsink import TapSink, TapSinkLimits
+from tap_emulator.ingest.wire_budget import WireBudget
+from tap_emulator.labels import Source
+from tap_emulator.layout import parse_file_name
+from tap_emulator.netaddr import split_address
 from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.observe.metrics import Metrics, TableStats
-from tap_emulator.write.pool import WriterPool
-from tap_emulator.write.retention import RetentionPolicy
+from tap_emulator.observe.summary import TrafficSummary
+from tap_emulator.write.numbering import Numbering
+from tap_emulator.write.pool import WriterOptions, WriterPool
+from tap_emulator.write.publisher import DirectoryPublisher, Publisher
+from tap_emulator.write.queue import WriteQueue
+from tap_emulator.write.retention import RetentionLedger, RetentionPolicy
+from tap_emulator.write.watch import OutputWatch
 
 log = logging.getLogger("tap_emulator")
 
-TRANSPORT = "grpcio"
 # Streams that are finishing on their own get this long to receive their status.
 _STREAM_CLOSE_GRACE_SECONDS = 1.0
 _READINESS_POLL_SECONDS = 1.0
+# Beyond the drain timeout, the signal thread waits this much longer for an orderly exit.
+_EXIT_MARGIN_SECONDS = 5.0
+
+
+class StartupError(Exception):
+    """The server cannot start (a port in use, say); the message names the setting."""
 
 
 def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
     """Transport options.
 
     - bdp_probe=0 keeps grpc from growing its receive windows without bound while a handler
-      stops reading (decisions.md 2): this is what makes backpressure bound memory. A fixed
-      256 KiB stream window (lookahead_bytes) wins back the throughput that costs with large
-      messages (docs/measurements/transport.md: 64 KiB messages 8.5k -> 11.9k msg/s).
+      stops reading: this is what makes backpressure bound memory. A fixed 256 KiB stream
+      window (lookahead_bytes) wins back the throughput that costs with large messages
+      (docs/measurements/transport.md: 64 KiB messages 8.5k -> 11.9k msg/s).
     - The transport accepts messages up to twice max_message_bytes so that the handler sees,
       counts and refuses the ones just over the limit with a status that says why; beyond
       that the transport refuses them itself (RESOURCE_EXHAUSTED, not counted by us).
     - Each connection may open max_streams_per_connection streams (advertised in HTTP/2
-      SETTINGS), inside the process-wide max_concurrent_streams.
-    - Keepalive: the server pings a connection idle for 2 minutes and drops it if no answer
-      comes within 20 s (dead proxies do not hold streams open); clients may ping at most
-      every 30 s without data, and two pings too many get GOAWAY (gRPC's ping strikes).
+      SETTINGS); fairness between clients is the stream registry's job (per source, per peer).
+      There is deliberately no process-wide RPC cap in grpc itself: it would count health
+      checks against the tap streams' slots.
+    - Keepalive: the server pings a connection idle for 30 s and drops it if no answer comes
+      within 10 s (a dead or frozen peer does not hold streams for minutes); clients may ping
+      at most every 5 s without data (the filter chart has Envoy ping every 10 s, to drop a
+      frozen emulator), and two pings too many get GOAWAY (gRPC's ping strikes).
     """
     return [
         ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
@@ -69,9 +91,9 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.lookahead_bytes", 256 * 1024),
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         ("grpc.so_reuseport", 0),
-        ("grpc.keepalive_time_ms", 120_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
@@ -100,120 +122,221 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 @dataclass
 class Emulator:
-    """Everything `serve` runs, wired together; built by `build`, run by `run`."""
+    """Everything `serve` runs, wired together; built by `build`, run by `serve`."""
 
     settings: Settings
     metrics: Metrics
+    queue: WriteQueue
+    publisher: Publisher
     pool: WriterPool
-    deriver: Deriver
+    watch: OutputWatch
+    ledger: RetentionLedger | None
+    registry: StreamRegistry
     sink: TapSink
     readiness: Readiness
     grpc_health: GrpcHealth
     http: HttpEndpoint
-    sketch: StemSketch
     server: grpc.aio.Server | None = None
     tap_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None
 
+    @property
+    def unpublished(self) -> int:
+        return self.queue.unpublished
 
-def build(settings: Settings) -> Emulator:
-    metrics = Metrics(transport=TRANSPORT)
-    pool = WriterPool(
-        settings.output_dir,
-        metrics,
-        writers=settings.writers,
-        batch_max_items=settings.writer_batch_max_items,
-        max_items=settings.queue_max_items,
-        max_bytes=settings.queue_max_bytes,
-        fsync=settings.fsync,
-        file_mode=settings.file_mode,
-        retention=RetentionPolicy(settings.retention_max_bytes, settings.retention_max_files),
-        on_error=settings.on_write_error,
-        mode=settings.writer_mode,
-    )
-    sketch = StemSketch()
-    sequences = SequenceCounter(
-        pool.highest_published,
-        settings.correlation_max_entries,
-        settings.correlation_idle_seconds,
-        sketch=sketch,
-    )
+
+def build_deriver(settings: Settings, metrics: Metrics | None = None) -> Deriver:
+    """Derive as `serve` runs it (also used by the fuzz targets, so they test the real thing)."""
+    sequences = SequenceCounter(settings.correlation_max_entries, settings.correlation_idle_seconds)
     segments = SegmentNames(settings.correlation_max_entries, settings.correlation_idle_seconds)
-    metrics.watch_table("sequences", partial(_table_stats, sequences))
-    metrics.watch_table("segments", partial(_table_stats, segments))
+    if metrics is not None:
+        metrics.watch_table(
+            "sequences",
+            lambda: TableStats(
+                len(sequences), sequences.evictions.capacity, sequences.evictions.idle
+            ),
+        )
+        metrics.watch_table(
+            "segments",
+            lambda: TableStats(len(segments), segments.evictions.capacity, segments.evictions.idle),
+        )
     policy = NamingPolicy(
         name_format=settings.name_format,
         trace_id_headers=settings.trace_id_headers,
         redact_headers=frozenset(settings.redact_headers),
         default_direction=settings.default_direction,
     )
-    deriver = Deriver(policy, sequences, segments)
+    return Deriver(policy, sequences, segments)
+
+
+def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
+    """Wire every part; `publisher` replaces the output directory (tests inject faults)."""
+    metrics = Metrics()
+    queue = WriteQueue(settings.queue_max_items, settings.queue_max_bytes, metrics.backpressure.inc)
+    metrics.watch_queue(
+        lambda: queue.items, lambda: queue.size_bytes, queue.max_items, queue.max_bytes
+    )
+    if publisher is None:
+        publisher = DirectoryPublisher(
+            settings.output_dir, file_mode=settings.file_mode, fsync=settings.fsync
+        )
+    policy = RetentionPolicy(settings.retention_max_bytes, settings.retention_max_files)
+    ledger = RetentionLedger(policy) if policy.enabled else None
+    numbering = Numbering(
+        publisher.exists,
+        ledger,
+        settings.correlation_max_entries,
+        settings.correlation_idle_seconds,
+    )
+    options = WriterOptions(
+        writers=settings.writers,
+        batch_max_items=settings.writer_batch_max_items,
+        fsync=settings.fsync,
+        on_error=settings.on_write_error,
+        mode=settings.writer_mode,
+    )
+    pool = WriterPool(queue, publisher, numbering, metrics, options, ledger)
+    watch = OutputWatch(publisher)
+    registry = StreamRegistry(
+        {
+            Source.TAP: StreamLimits(
+                settings.max_concurrent_streams,
+                settings.max_streams_per_peer,
+                settings.stream_idle_timeout_seconds,
+            ),
+            Source.EXT_PROC: StreamLimits(
+                settings.extproc_max_concurrent_streams,
+                settings.extproc_max_streams_per_peer,
+                settings.stream_idle_timeout_seconds,
+                ("extproc_max_concurrent_streams", "extproc_max_streams_per_peer"),
+            ),
+        }
+    )
+    handoff = Handoff(build_deriver(settings, metrics), metrics)
+    budget = WireBudget(max_repeated_elements=settings.max_headers_per_message)
     sink = TapSink(
-        deriver,
-        pool,
+        handoff,
+        queue,
+        registry,
         metrics,
         settings.default_direction,
-        max_message_bytes=settings.max_message_bytes,
-        stream_idle_timeout_seconds=settings.stream_idle_timeout_seconds,
+        TapSinkLimits(settings.max_message_bytes, settings.stream_idle_timeout_seconds, budget),
     )
-    readiness = Readiness(lambda: _output_problem(pool))
+    readiness = Readiness(
+        _labelled("output directory", watch.problem),
+        _labelled("writers cannot publish", pool.problem),
+        registry.full,
+    )
     return Emulator(
         settings=settings,
         metrics=metrics,
+        queue=queue,
+        publisher=publisher,
         pool=pool,
-        deriver=deriver,
+        watch=watch,
+        ledger=ledger,
+        registry=registry,
         sink=sink,
         readiness=readiness,
-        grpc_health=GrpcHealth(),
+        grpc_health=GrpcHealth((TAP_SERVICE,)),
         http=HttpEndpoint(metrics, readiness),
-        sketch=sketch,
     )
 
 
-def _table_stats(table: SequenceCounter | SegmentNames) -> TableStats:
-    return TableStats(len(table), table.evictions.capacity, table.evictions.idle)
+def _labelled(label: str, check: Callable[[], str | None]) -> Callable[[], str | None]:
+    def labelled() -> str | None:
+        problem = check()
+        return None if problem is None else f"{label}: {problem}"
+
+    return labelled
 
 
-def _output_problem(pool: WriterPool) -> str | None:
-    failing = pool.failing
-    if failing is not None:
-        return f"{errno.errorcode.get(failing.errno or 0, 'error')}: {failing.strerror}"
-    return pool.probe_writable()
+def _open_output(emulator: Emulator) -> int:
+    """Blocking start-up work on the output directory (run in a thread); returns how many
+    stale temporaries were removed."""
+    publisher = emulator.publisher
+    publisher.open()
+    swept = publisher.sweep()
+    if swept.skipped:
+        log.warning(
+            "left %d entries named like our temporaries in %s alone: not ours to remove "
+            "(directories, or other users' files)",
+            swept.skipped,
+            emulator.settings.output_dir,
+        )
+    found = list(publisher.scan())
+    emulator.pool.numbering.learn(
+        parsed[0] for parsed in map(parse_file_name, (f.name for f in found)) if parsed
+    )
+    ledger = emulator.ledger
+    if ledger is not None:
+        ledger.load(found)
+        for doomed in ledger.over_cap():
+            with contextlib.suppress(OSError):
+                emulator.metrics.files_deleted.inc(publisher.delete(doomed))
+        emulator.metrics.watch_retention(lambda: ledger.total_bytes, lambda: len(ledger))
+    return swept.removed
+
+
+def _check_port_free(setting: str, host: str, port: int) -> None:
+    """Fail with one clear line if something already listens there (grpc and asyncio would
+    print a traceback of their own)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"port {port} on {host} is already in use ({setting}): stop the other "
+                    f"server or choose another --{setting.replace('_', '-')}"
+                ) from exc
+            raise StartupError(
+                f"cannot listen on {host}:{port} ({setting}): {exc.strerror}"
+            ) from exc
 
 
 async def start(emulator: Emulator) -> None:
     settings = emulator.settings
-    removed = emulator.pool.open()
-    for stem in emulator.pool.existing_stems():
-        emulator.sketch.add(stem)  # so that only these (and stems used later) cost a lookup
-    await emulator.pool.start()
-
-    server = grpc.aio.server(
-        options=grpc_server_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_streams,
-    )
-    server.add_generic_rpc_handlers([emulator.sink.rpc_handler()])
-    health_pb2_grpc.add_HealthServicer_to_server(emulator.grpc_health.servicer, server)
     host, port = split_address(settings.listen)
+    _check_port_free("listen", host, port)
+    if settings.metrics_listen:
+        _check_port_free("metrics_listen", *split_address(settings.metrics_listen))
+    removed = await asyncio.to_thread(_open_output, emulator)
+    await emulator.pool.start()
+    emulator.watch.start()
+
+    server = grpc.aio.server(options=grpc_server_options(settings))
+    server.add_generic_rpc_handlers([emulator.sink.rpc_handler()])
+    health_pb2_grpc.add_HealthServicer_to_server(emulator.grpc_health, server)
     credentials = server_credentials(settings)
+    address = _grpc_address(host, port)
     if credentials is None:
-        bound_port = server.add_insecure_port(_grpc_address(host, port))
+        bound_port = server.add_insecure_port(address)
     else:
-        bound_port = server.add_secure_port(_grpc_address(host, port), credentials)
+        bound_port = server.add_secure_port(address, credentials)
     await server.start()
     emulator.server = server
     emulator.tap_address = (host, bound_port)
 
     if settings.metrics_listen:
         metrics_host, metrics_port = split_address(settings.metrics_listen)
-        emulator.metrics_address = await emulator.http.start(metrics_host, metrics_port)
+        try:
+            emulator.metrics_address = await emulator.http.start(metrics_host, metrics_port)
+        except OSError as exc:
+            await server.stop(None)
+            raise StartupError(
+                f"cannot listen on {settings.metrics_listen} (metrics_listen): {exc.strerror}"
+            ) from exc
 
     emulator.readiness.listening = True
     await emulator.grpc_health.serving(emulator.readiness.problem() is None)
     log.info(
         "tap-emulator %s listening tap=%s metrics=%s output_dir=%s writers=%d "
-        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s transport=%s tls=%s "
-        "publish=%s%s",
+        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s tls=%s publish=%s%s",
         __version__,
         _show(emulator.tap_address),
         _show(emulator.metrics_address) if emulator.metrics_address else "off",
@@ -223,9 +346,8 @@ async def start(emulator: Emulator) -> None:
         settings.queue_max_items,
         settings.queue_max_bytes,
         settings.name_format.value,
-        TRANSPORT,
         "mutual" if settings.tls_client_ca_file else ("on" if credentials else "off"),
-        emulator.pool.publishing_method,
+        emulator.publisher.method,
         f" (removed {removed} stale temporary files)" if removed else "",
     )
 
@@ -250,8 +372,8 @@ async def stop(emulator: Emulator) -> int:
     emulator.readiness.draining = True
     await emulator.grpc_health.serving(False)
     grace = min(_STREAM_CLOSE_GRACE_SECONDS, settings.drain_timeout_seconds)
-    await emulator.sink.end_streams(grace)
-    log.info("draining: streams closed; publishing %d accepted files", emulator.pool.unpublished)
+    await emulator.registry.end_all(grace)
+    log.info("draining: streams closed; publishing %d accepted files", emulator.unpublished)
     remaining_time = max(0.0, settings.drain_timeout_seconds - (time.monotonic() - started))
     unwritten = await emulator.pool.drain(remaining_time)
     if emulator.server is not None:
@@ -261,6 +383,7 @@ async def stop(emulator: Emulator) -> int:
     await emulator.http.close()
     totals = (
         f"accepted {emulator.sink.accepted} messages, published {emulator.pool.published} files"
+        + (f", dropped {emulator.pool.dropped}" if emulator.pool.dropped else "")
     )
     if unwritten:
         log.error(
@@ -270,46 +393,89 @@ async def stop(emulator: Emulator) -> int:
             unwritten,
         )
         return 1
+    await emulator.watch.close()
     await emulator.pool.close()
+    await asyncio.to_thread(emulator.publisher.close)
     log.info("stopped cleanly in %.2fs: %s", time.monotonic() - started, totals)
     return 0
 
 
 async def _follow_readiness(emulator: Emulator) -> None:
     """Keep the gRPC health status in step with readiness (e.g. a disk that fills)."""
-    last: bool | None = None
     while True:
-        ready = emulator.readiness.problem() is None
-        if ready != last:
-            await emulator.grpc_health.serving(ready)
-            last = ready
+        await emulator.grpc_health.serving(emulator.readiness.problem() is None)
         await asyncio.sleep(_READINESS_POLL_SECONDS)
 
 
-async def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit status."""
-    emulator = build(settings)
+class SignalWatch:
+    """SIGTERM and SIGINT, taken by a thread of their own with `sigwait`.
+
+    The signals are blocked in every thread (before any is started) and waited for here, so
+    they are seen at once whatever the event loop is doing. The first asks the server to drain
+    (through the loop); if the process is still running `drain_timeout + margin` later (the
+    loop stuck, a writer stuck in the kernel), it logs how many accepted files were not
+    written and exits 1. A second signal exits 1 at once, with the same count."""
+
+    SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+    def __init__(self, deadline_seconds: float) -> None:
+        self._deadline_seconds = deadline_seconds
+        self._unpublished: Callable[[], int] = lambda: 0
+        self._on_first: Callable[[int], None] | None = None
+        self._thread = threading.Thread(target=self._run, name="tap-signals", daemon=True)
+
+    @classmethod
+    def block_signals(cls) -> None:
+        """Call in the main thread before any other thread exists: threads inherit the mask."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, cls.SIGNALS)
+
+    def start(self, on_first: Callable[[int], None], unpublished: Callable[[], int]) -> None:
+        self._on_first = on_first
+        self._unpublished = unpublished
+        self._thread.start()
+
+    def _run(self) -> None:
+        first = signal.sigwait(self.SIGNALS)
+        log.info("%s received", signal.Signals(first).name)
+        assert self._on_first is not None
+        self._on_first(first)
+        second = signal.sigtimedwait(self.SIGNALS, self._deadline_seconds)
+        if second is None:
+            self._exit(f"the drain did not end {self._deadline_seconds:.0f}s after {_name(first)}")
+        else:
+            self._exit(f"second {_name(second.si_signo)}")
+
+    def _exit(self, why: str) -> None:
+        log.error("%s: exiting now with %d accepted files not written", why, self._unpublished())
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(1)
+
+
+def _name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+async def serve(
+    settings: Settings, signals: SignalWatch | None = None, publisher: Publisher | None = None
+) -> int:
+    """Run until SIGTERM or SIGINT (taken by `signals`); returns the exit status."""
+    emulator = build(settings, publisher)
     await start(emulator)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if signals is not None:
 
-    def on_signal(signum: int) -> None:
-        if stopping.is_set():
-            log.error(
-                "second %s: exiting now with %d accepted files not written",
-                signal.Signals(signum).name,
-                emulator.pool.unpublished,
-            )
-            logging.shutdown()
-            os._exit(1)
-        log.info("%s received", signal.Signals(signum).name)
-        stopping.set()
+        def on_first_signal(_signum: int) -> None:
+            loop.call_soon_threadsafe(stopping.set)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+        signals.start(on_first_signal, lambda: emulator.unpublished)
+    summary = TrafficSummary(emulator.metrics, lambda: emulator.queue.items)
     watchers = [
         asyncio.create_task(_follow_readiness(emulator)),
-        asyncio.create_task(emulator.sink.close_idle_streams()),
+        asyncio.create_task(emulator.registry.close_idle_streams()),
+        asyncio.create_task(summary.run(settings.log_summary_seconds)),
     ]
     try:
         await stopping.wait()
@@ -322,13 +488,26 @@ async def serve(settings: Settings) -> int:
     return await stop(emulator)
 
 
-def run(settings: Settings) -> int:
-    """Run `serve` on the fastest available event loop."""
+def run(settings: Settings, publisher: Publisher | None = None) -> int:
+    """Run `serve` on the fastest available event loop, with signals in their own thread."""
+    SignalWatch.block_signals()
+    signals = SignalWatch(
+        settings.drain_timeout_seconds + _STREAM_CLOSE_GRACE_SECONDS * 2 + _EXIT_MARGIN_SECONDS
+    )
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        status = runner.run(serve(settings, signals, publisher))
+    if status != 0:
+        # Writer threads may be stuck in the kernel (a frozen disk): do not wait to join them.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(status)
+    return status
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (the fastest loop measured here), else asyncio's own."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.run(serve(settings))
-    if sys.version_info >= (3, 12):  # pragma: no cover
-        return uvloop.run(serve(settings))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(settings))
+        return None
+    return uvloop.new_event_loop

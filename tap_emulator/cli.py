@@ -12,15 +12,15 @@ relay and replay register their own subcommands (`register`) and run them (`main
 from __future__ import annotations
 
 import argparse
-import json
+import difflib
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tap_emulator import __version__
+from tap_emulator.app import StartupError, run
 from tap_emulator.config import (
     FIELDS,
     LOG_FORMATS,
@@ -29,36 +29,11 @@ from tap_emulator.config import (
     Settings,
     load_settings,
 )
+from tap_emulator.observe.logs import configure_logging
 from tap_emulator.tools import relay, replay
+from tap_emulator.write.publisher import OutputDirError
 
 EXIT_USAGE = 2
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; attacker-controlled text is escaped by the encoding."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=True)
-
-
-def configure_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -109,24 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings a parsed `serve` command line asks for (config file, then flags)."""
     overrides = {name: value for name, value in vars(args).items() if name in FIELDS}
+    return load_settings(args.config, overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.config, overrides)
+        settings = settings_from(args)
     except ConfigError as exc:
         print(f"tap-emulator: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_level, settings.log_format)
-    from tap_emulator.app import run
-    from tap_emulator.write.pool import OutputDirError
-
+    log = logging.getLogger("tap_emulator")
     try:
         return run(settings)
-    except ConfigError as exc:
-        logging.getLogger("tap_emulator").error("configuration error: %s", exc)
+    except (ConfigError, StartupError) as exc:
+        log.error("%s", exc)
         return EXIT_USAGE
     except OutputDirError as exc:
-        logging.getLogger("tap_emulator").error("%s", exc)
+        log.error("%s", exc)
         return 1
 
 
@@ -136,8 +114,26 @@ def _inspect(args: argparse.Namespace) -> int:
     return inspect_files(args.files, sys.stdout, compact=args.compact)
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, extras: list[str]) -> None:
+    """Unknown arguments, reported with the subcommand's own usage and a did-you-mean."""
+    commands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    sub = commands.choices[command]
+    known = [option for action in sub._actions for option in action.option_strings]
+    hints = []
+    for extra in extras:
+        flag = extra.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1) if flag.startswith("-") else []
+        hints.append(f"{extra} (did you mean {close[0]}?)" if close else extra)
+    sub.error(f"unrecognized arguments: {' '.join(hints)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _refuse_unknown(parser, args.command, extras)
     if args.command == "serve":
         return _serve(args)
     if args.command == "inspect":

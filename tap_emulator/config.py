@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ from typing import Any
 
 import yaml
 
-from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, Direction, NameFormat
+from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, NameFormat
 from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS
-from tap_emulator.write.pool import WriteErrorPolicy, WriterMode
+from tap_emulator.labels import Direction
+from tap_emulator.netaddr import split_address
+from tap_emulator.write.policy import WriteErrorPolicy, WriterMode
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -43,7 +44,10 @@ def _setting(default: Any, help: str, **extra: Any) -> Any:
 class Settings:
     """Everything `tap-emulator serve` can be told; defaults are the embedded ones."""
 
-    listen: str = _setting("0.0.0.0:9000", "HOST:PORT of the gRPC TapSinkService (port 0: any)")
+    listen: str = _setting(
+        "0.0.0.0:9000",
+        "HOST:PORT of the gRPC port: Envoy's TapSinkService and ExternalProcessor (port 0: any)",
+    )
     metrics_listen: str = _setting(
         "0.0.0.0:9090",
         "HOST:PORT of the HTTP endpoint for /metrics, /healthz and /readyz ('' disables it)",
@@ -53,15 +57,17 @@ class Settings:
     writers: int = _setting(
         1, "writer tasks publishing batches in parallel (2-4 pay off only with fsync on a disk)"
     )
-    writer_batch_max_items: int = _setting(256, "most files one writer publishes per thread hop")
+    writer_batch_max_items: int = _setting(
+        256, "most files a writer publishes in one batch (one hand-over to its thread)"
+    )
     queue_max_items: int = _setting(10_000, "writer queue bound in files (queued or being written)")
     queue_max_bytes: int = _setting(
         64 * MiB, "writer queue bound in bytes; a full queue stops reading the streams"
     )
     writer_mode: WriterMode = _setting(
         WriterMode.AUTO,
-        "auto: publish on the event loop while files take microseconds, else in threads; "
-        "thread: always in writer threads",
+        "auto: on a memory-backed output_dir (tmpfs), publish on the event loop while files "
+        "take microseconds, else in writer threads; thread: always in writer threads",
     )
     fsync: bool = _setting(False, "fsync each file, and the directory after each batch")
     file_mode: int = _setting(0o640, "permission bits of published files (octal)", octal=True)
@@ -80,12 +86,37 @@ class Settings:
         Direction.INBOUND, "direction of streams whose tap_id ends in neither inbound nor outbound"
     )
     max_message_bytes: int = _setting(16 * MiB, "largest StreamTapsRequest accepted")
+    max_headers_per_message: int = _setting(
+        10_000,
+        "most headers, trailers and other repeated entries a message may hold (checked on the "
+        "wire before decoding, for messages over 64 KiB)",
+    )
     max_concurrent_streams: int = _setting(1000, "StreamTaps calls served at once, in all")
+    max_streams_per_peer: int = _setting(
+        100, "StreamTaps calls one peer address may hold at once (its share of the slots)"
+    )
     max_streams_per_connection: int = _setting(
-        100, "streams one HTTP/2 connection may open (so one client cannot take every slot)"
+        1000, "streams one HTTP/2 connection may open (advertised in SETTINGS)"
     )
     stream_idle_timeout_seconds: float = _setting(
-        600.0, "end a stream that sent nothing this long with UNAVAILABLE (0: never)"
+        600.0, "end a stream that carried no trace this long with UNAVAILABLE (0: never)"
+    )
+    extproc_max_concurrent_streams: int = _setting(
+        20_000,
+        "ext_proc Process streams served at once, in all (one per HTTP transaction in flight)",
+    )
+    extproc_max_streams_per_peer: int = _setting(
+        5_000, "ext_proc streams one peer address (one proxy) may hold at once"
+    )
+    extproc_max_body_bytes: int = _setting(
+        8 * MiB,
+        "most body bytes kept per direction of an ext_proc transaction, whatever the filter "
+        "asks (x-tap-max-buffered-rx/tx-bytes); the rest is cut and marked truncated",
+    )
+    extproc_assembly_max_bytes: int = _setting(
+        256 * MiB,
+        "body bytes held for every ext_proc transaction still being assembled; beyond it new "
+        "transactions are dropped whole and counted",
     )
     on_write_error: WriteErrorPolicy = _setting(
         WriteErrorPolicy.BLOCK,
@@ -112,6 +143,9 @@ class Settings:
     )
     retention_max_files: int = _setting(
         0, "delete the oldest files once ours in output_dir exceed this many (0: no cap)"
+    )
+    log_summary_seconds: float = _setting(
+        60.0, "log one line of traffic totals this often while there is traffic (0: never)"
     )
     log_level: str = _setting("info", "debug, info, warning or error")
     log_format: str = _setting("text", "text or json (one object per line)")
@@ -184,8 +218,15 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trace_id_headers": _header_names,
     "redact_headers": _header_names,
     "max_message_bytes": _in_range(1 * KiB, 2 * GiB - 1),
+    "max_headers_per_message": _in_range(1, 10_000_000),
     "max_concurrent_streams": _in_range(1, 1_000_000),
+    "max_streams_per_peer": _in_range(1, 1_000_000),
     "max_streams_per_connection": _in_range(1, 1_000_000),
+    "extproc_max_concurrent_streams": _in_range(1, 1_000_000),
+    "extproc_max_streams_per_peer": _in_range(1, 1_000_000),
+    "extproc_max_body_bytes": _in_range(0, 1 * GiB),
+    "extproc_assembly_max_bytes": _in_range(1 * MiB, 64 * GiB),
+    "log_summary_seconds": _in_range(0, 24 * 3600),
     "stream_idle_timeout_seconds": _in_range(0, 30 * 24 * 3600),
     "correlation_max_entries": _in_range(1, 100_000_000),
     "correlation_idle_seconds": _in_range(0.001, 7 * 24 * 3600),
@@ -195,22 +236,6 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "log_level": _one_of(*LOG_LEVELS),
     "log_format": _one_of(*LOG_FORMATS),
 }
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[IPv6]:PORT` into its parts; raises ValueError with the reason."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"port out of range in {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        ipaddress.IPv6Address(host[1:-1])
-        return host[1:-1], port
-    if not host or ":" in host:
-        raise ValueError(f"expected HOST:PORT (IPv6 in brackets), got {address!r}")
-    return host, port
 
 
 # --- loading ----------------------------------------------------------------------------

@@ -8,155 +8,21 @@ entry is forgotten after `idle_seconds` without use, or sooner when `max_entries
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-Clock = Callable[[], float]
-
-
-@dataclass(slots=True)
-class Evictions:
-    """How many entries a bounded map forgot, by reason."""
-
-    capacity: int = 0
-    idle: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.capacity + self.idle
-
-
-class BoundedLru(Generic[K, V]):
-    """A map bounded by entries and idle time; touching an entry refreshes it."""
-
-    def __init__(
-        self,
-        max_entries: int,
-        idle_seconds: float,
-        clock: Clock = time.monotonic,
-        on_evict: Callable[[K], None] | None = None,
-    ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
-        self._max_entries = max_entries
-        self._idle_seconds = idle_seconds
-        self._clock = clock
-        self._on_evict = on_evict
-        # Idle entries are swept from the oldest end at most this often (an entry found idle
-        # on access is forgotten at once): the sweep is amortised, not paid per access.
-        self._sweep_every = min(1.0, idle_seconds / 8)
-        self._next_sweep = clock() + self._sweep_every
-        self.evictions = Evictions()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._entries
-
-    def get(self, key: K) -> V | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        now = self._clock()
-        if entry[1] <= now - self._idle_seconds:
-            del self._entries[key]
-            self.evictions.idle += 1
-            self._notify(key)
-            return None
-        self._entries[key] = (entry[0], now)
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: K, value: V) -> None:
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._expire(now)
-            self._next_sweep = now + self._sweep_every
-        self._entries[key] = (value, now)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            evicted, _ = self._entries.popitem(last=False)
-            self.evictions.capacity += 1
-            self._notify(evicted)
-
-    def pop(self, key: K) -> V | None:
-        entry = self._entries.pop(key, None)
-        return None if entry is None else entry[0]
-
-    def expire(self) -> None:
-        """Forget idle entries now (they are also forgotten lazily on every access)."""
-        self._expire(self._clock())
-
-    def _expire(self, now: float) -> None:
-        deadline = now - self._idle_seconds
-        entries = self._entries
-        while entries:
-            key, (_, touched) = next(iter(entries.items()))
-            if touched > deadline:
-                return
-            del entries[key]
-            self.evictions.idle += 1
-            self._notify(key)
-
-    def _notify(self, key: K) -> None:
-        if self._on_evict is not None:
-            self._on_evict(key)
-
-
-class StemSketch:
-    """Which stems may already have files on disk, in constant memory.
-
-    A Bloom filter with two hash positions over a fixed bit array: "no" is certain, "maybe"
-    sends the caller to the disk. It starts from one scan of the output directory and learns
-    every stem used since, so the common case (a trace id never seen before) costs no
-    system call; as it fills over a very long run, more answers become "maybe" and cost one
-    lookup on disk each, which is still correct.
-    """
-
-    def __init__(self, size_bits: int = 1 << 23) -> None:
-        if size_bits & (size_bits - 1):
-            raise ValueError("size_bits must be a power of two")
-        self._bits = bytearray(size_bits // 8)
-        self._mask = size_bits - 1
-
-    def _positions(self, stem: str) -> tuple[int, int]:
-        digest = hash(stem)
-        return digest & self._mask, (digest >> 32) & self._mask
-
-    def add(self, stem: str) -> None:
-        for position in self._positions(stem):
-            self._bits[position >> 3] |= 1 << (position & 7)
-
-    def might_contain(self, stem: str) -> bool:
-        return all(self._bits[p >> 3] & (1 << (p & 7)) for p in self._positions(stem))
+from tap_emulator.bounded import BoundedLru, Clock, Evictions
 
 
 class SequenceCounter:
-    """Hands out 1, 2, 3... per stem, continuing after what is already on disk.
+    """Hands out 1, 2, 3... per stem, from memory alone.
 
-    `floor(stem)` reports the highest sequence already published for a stem; it is asked
-    only when a stem is not (or no longer) tracked, so a restart or an eviction never
-    reuses a number whose file exists. With a `sketch` of the stems that may have files,
-    it is not asked for stems that certainly have none.
-    """
+    The writers move these numbers past files already on disk (write/numbering.py), so a
+    restart or a forgotten stem never reuses a number whose file exists, and nothing here
+    touches the disk."""
 
     def __init__(
-        self,
-        floor: Callable[[str], int],
-        max_entries: int,
-        idle_seconds: float,
-        clock: Clock = time.monotonic,
-        sketch: StemSketch | None = None,
+        self, max_entries: int, idle_seconds: float, clock: Clock = time.monotonic
     ) -> None:
-        self._floor = floor
-        self._sketch = sketch
         self._last: BoundedLru[str, int] = BoundedLru(max_entries, idle_seconds, clock)
 
     @property
@@ -167,16 +33,9 @@ class SequenceCounter:
         return len(self._last)
 
     def next(self, stem: str) -> int:
-        last = self._last.get(stem)
-        if last is None:
-            sketch = self._sketch
-            if sketch is None or sketch.might_contain(stem):
-                last = self._floor(stem)
-            else:
-                last = 0
-                sketch.add(stem)
-        self._last.put(stem, last + 1)
-        return last + 1
+        following = (self._last.get(stem) or 0) + 1
+        self._last.put(stem, following)
+        return following
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ What becomes a file:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
@@ -23,7 +22,6 @@ from tap_emulator.derive.correlate import SegmentNames, SequenceCounter, TraceNa
 from tap_emulator.derive.naming import (
     EMPTY_PREFIX,
     SOCKET_PREFIX,
-    Direction,
     Half,
     Identity,
     NameFormat,
@@ -33,16 +31,7 @@ from tap_emulator.derive.naming import (
     trace_id_from,
 )
 from tap_emulator.derive.redact import find_and_redact, redact_headers
-
-
-class TraceKind(StrEnum):
-    """What a message carried; a closed set, used as a metric label."""
-
-    BUFFERED = "buffered"
-    STREAMED_SEGMENT = "streamed_segment"
-    SOCKET = "socket"
-    OTHER = "other"
-    NONE = "none"
+from tap_emulator.labels import Direction, TraceKind
 
 
 @dataclass(frozen=True, slots=True)

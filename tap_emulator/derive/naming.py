@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-NAME_MAX_BYTES = 255
-SUFFIX = ".pb"
-MAX_SEQUENCE_DIGITS = 20
+from tap_emulator.labels import Direction
+from tap_emulator.layout import ALL_SAFE, UNSAFE_CHARACTER
+
 PREFIX_BUDGET = 120
 TRACE_ID_BUDGET = 100
 _HASH_TAG_CHARS = 8
@@ -37,20 +37,13 @@ EMPTY_PREFIX = "empty-trace"
 
 DEFAULT_TRACE_ID_HEADERS = ("x-b3-traceid", "b3", "traceparent", "x-trace-id", "x-request-id")
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
-_ALL_SAFE = re.compile(r"[A-Za-z0-9._:-]*").fullmatch
+_UNSAFE = UNSAFE_CHARACTER
+_ALL_SAFE = ALL_SAFE
 _HEX_FULL = re.compile(r"[0-9a-f]+").fullmatch
 _TAP_ID_TOKENS = re.compile(r"[-._~]")
 _HEX = frozenset("0123456789abcdef")
 _HEX_OR_DASH = _HEX | {"-"}
 _TOKEN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-class Direction(StrEnum):
-    """Which side of the proxy a tap sits on; it decides what prefixes a file name."""
-
-    INBOUND = "inbound"
-    OUTBOUND = "outbound"
 
 
 class NameFormat(StrEnum):
@@ -284,11 +277,6 @@ def build_stem(prefix: str, trace_id: str, half: Half | None) -> Stem:
         sanitized=head.sanitized or trace.sanitized,
         truncated=head.truncated or trace.truncated,
     )
-
-
-def file_name(stem: str, sequence: int) -> str:
-    """The published file name for a stem and sequence number."""
-    return f"{stem}-{sequence}{SUFFIX}"
 
 
 def prefix_for(direction: Direction, authority: str | None, namespace: str | None) -> str:

@@ -1,19 +1,21 @@
-"""Ingest: the TapSinkService. Reads each stream, keeps its sender's identity, hands traces on.
+"""Ingest, source: Envoy's TapSinkService. Reads each StreamTaps call, keeps its sender's
+identity, hands each trace on.
 
-A message is *accepted* once this handler has read it off its stream. From then on it is
-owned by the writer pool: it is published even if the stream is cancelled or the server is
-shutting down. The handler answers OK only after every file its stream produced has been
-published.
+A message is *accepted* once this handler has read it off its stream. From then on all of its
+files are owned by the writers (they go to the queue together, see write/queue.py): they are
+published even if the stream is cancelled or the server shuts down. The handler answers OK
+only after every file its stream produced has been published; if some were dropped (only with
+`on_write_error: drop`, or a file the disk refused for its own sake) it answers DATA_LOSS with
+the count instead.
 
-Requests arrive as raw bytes (no deserializer in the gRPC layer) so a malformed message is
-ours to report: it ends its own stream with INVALID_ARGUMENT, after everything the stream
-sent before it has been queued, and touches nothing else.
+Requests arrive as raw bytes (no deserializer in the gRPC layer) so a malformed message is ours
+to report: it ends its own stream with INVALID_ARGUMENT (RESOURCE_EXHAUSTED when over a limit),
+after everything the stream sent before it has been queued, and touches nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,10 +25,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.derive.deriver import Derivation, Deriver, TraceKind
-from tap_emulator.derive.naming import UNKNOWN_NAMESPACE, Direction, Identity, identity
-from tap_emulator.observe.metrics import Metrics, ThrottledLog
-from tap_emulator.write.pool import Publication, WriterPool
+from tap_emulator.derive.naming import UNKNOWN_NAMESPACE, Identity, identity
+from tap_emulator.ingest.handoff import Handoff, PendingFiles
+from tap_emulator.ingest.streams import OpenStream, Refusal, StreamRegistry
+from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
+from tap_emulator.labels import Direction, RejectReason, Source, StreamOutcome
+from tap_emulator.observe.logs import ThrottledLog
+from tap_emulator.observe.metrics import Metrics
+from tap_emulator.write.queue import WriteQueue
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +40,25 @@ SERVICE = "envoy.service.tap.v3.TapSinkService"
 METHOD = "StreamTaps"
 EMPTY_RESPONSE = b""  # a serialized StreamTapsResponse has no fields
 
+# Identity fields longer than this are not a proxy's: Envoy's node ids and tap ids are short.
+MAX_IDENTITY_FIELD_BYTES = 4096
 
-class _StreamRejectedError(Exception):
+ENDINGS = {
+    StreamOutcome.SHUTDOWN: (
+        "tap-emulator is shutting down; every message read before this was accepted"
+    ),
+    StreamOutcome.IDLE: "no trace for {idle:g}s: stream closed; reconnect when there is traffic",
+}
+
+
+class StreamRejectedError(Exception):
     """A stream we end on purpose, with the status the sender sees."""
 
-    def __init__(self, outcome: str, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, outcome: StreamOutcome, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.outcome = outcome
         self.code = code
         self.details = details
-
-
-class _Ledger:
-    """Counts a stream's files still to be published, so OK means 'all on disk'."""
-
-    __slots__ = ("_all_done", "pending")
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self._all_done: asyncio.Future[None] | None = None
-
-    def settle(self) -> None:
-        self.pending -= 1
-        if self.pending == 0 and self._all_done is not None and not self._all_done.done():
-            self._all_done.set_result(None)
-
-    async def wait(self) -> None:
-        if self.pending:
-            self._all_done = asyncio.get_running_loop().create_future()
-            await self._all_done
 
 
 def identity_of(request: StreamTapsRequest, default: Direction) -> Identity:
@@ -76,21 +72,24 @@ def identity_of(request: StreamTapsRequest, default: Direction) -> Identity:
     return identity(identifier.tap_id, node.id, node.cluster, metadata_namespace, default)
 
 
-@dataclass(slots=True, eq=False)
-class _OpenStream:
-    """What the server knows about one open StreamTaps call."""
+def _identity_too_long(request: StreamTapsRequest) -> str | None:
+    identifier = request.identifier
+    node = identifier.node
+    for name, value in (
+        ("tap_id", identifier.tap_id),
+        ("node.id", node.id),
+        ("node.cluster", node.cluster),
+    ):
+        if len(value) > MAX_IDENTITY_FIELD_BYTES:
+            return f"{name} is {len(value)} characters, over {MAX_IDENTITY_FIELD_BYTES}"
+    return None
 
-    number: int
-    task: asyncio.Task[object] | None
-    last_read: float
-    waiting_for_room: bool = False
-    ended_by: str | None = None  # "shutdown" or "idle": why we cancelled it
 
-
-_ENDINGS = {
-    "shutdown": "tap-emulator is shutting down; every message read before this was accepted",
-    "idle": "no message for {idle:g}s: stream closed; reconnect when there is traffic",
-}
+@dataclass(frozen=True, slots=True)
+class TapSinkLimits:
+    max_message_bytes: int = 16 * 1024 * 1024
+    idle_timeout_seconds: float = 0.0
+    budget: WireBudget = WireBudget()
 
 
 class TapSink:
@@ -98,25 +97,21 @@ class TapSink:
 
     def __init__(
         self,
-        deriver: Deriver,
-        pool: WriterPool,
+        handoff: Handoff,
+        queue: WriteQueue,
+        registry: StreamRegistry,
         metrics: Metrics,
         default_direction: Direction,
-        *,
-        max_message_bytes: int = 16 * 1024 * 1024,
-        stream_idle_timeout_seconds: float = 0.0,
+        limits: TapSinkLimits = TapSinkLimits(),
     ) -> None:
-        self._deriver = deriver
-        self._pool = pool
+        self._handoff = handoff
+        self._queue = queue
+        self._registry = registry
         self._metrics = metrics
-        self._default_direction = default_direction
-        self._max_message_bytes = max_message_bytes
-        self._idle_timeout = stream_idle_timeout_seconds
+        self._limits = limits
         self._anonymous = Identity(default_direction, False, None)
-        self._stream_numbers = itertools.count(1)
-        self._streams: dict[int, _OpenStream] = {}
+        self._default_direction = default_direction
         self._refusals = ThrottledLog(log)
-        self.closing = False
         self.accepted = 0
 
     def rpc_handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
@@ -126,134 +121,137 @@ class TapSink:
     async def stream_taps(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        if self.closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _ENDINGS["shutdown"])
-        state = _OpenStream(next(self._stream_numbers), asyncio.current_task(), time.monotonic())
-        self._streams[state.number] = state
         metrics = self._metrics
-        metrics.streams_opened.inc()
-        metrics.streams_open.inc()
-        outcome = "internal"
+        if self._registry.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, ENDINGS[StreamOutcome.SHUTDOWN])
         peer = context.peer()
-        log.debug("stream %d opened by %s", state.number, peer)
+        opened = self._registry.open(Source.TAP, peer)
+        if isinstance(opened, Refusal):
+            metrics.streams_refused[Source.TAP, opened.reason].inc()
+            self._refusals.warning(
+                opened.reason.value, "refused a stream from %s: %s", peer, opened.details
+            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, opened.details)
+        assert isinstance(opened, OpenStream)
+        stream = opened
+        metrics.streams_opened[Source.TAP].inc()
+        metrics.streams_open[Source.TAP].inc()
+        outcome = StreamOutcome.INTERNAL
+        log.debug("stream %d opened by %s", stream.number, peer)
         try:
-            await self._serve_stream(state, requests)
-            outcome = "ok"
+            dropped = await self._serve_stream(stream, requests)
+            if dropped:
+                outcome = StreamOutcome.DATA_LOSS
+                await context.abort(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"{dropped} of this stream's files were dropped (see "
+                    "tap_emulator_files_dropped_total); every other file is on disk",
+                )
+            outcome = StreamOutcome.OK
             return EMPTY_RESPONSE
-        except _StreamRejectedError as rejection:
+        except StreamRejectedError as rejection:
             outcome = rejection.outcome
             self._refusals.warning(
-                rejection.outcome, "refused a stream from %s: %s", peer, rejection.details
+                rejection.outcome.value, "refused a stream from %s: %s", peer, rejection.details
             )
             await context.abort(rejection.code, rejection.details)
             raise  # abort() raises; this line only satisfies the type checker
         except asyncio.CancelledError:
-            if state.ended_by is None:
-                outcome = "cancelled"  # by the sender, or by the transport
+            if stream.ended_by is None:
+                outcome = StreamOutcome.CANCELLED  # by the sender, or by the transport
                 raise
             # Ended by us (drain or idle): tell the sender it may reconnect or go elsewhere.
-            outcome = state.ended_by
-            details = _ENDINGS[state.ended_by].format(idle=self._idle_timeout)
+            outcome = stream.ended_by
+            details = ENDINGS[stream.ended_by].format(idle=self._limits.idle_timeout_seconds)
             await context.abort(grpc.StatusCode.UNAVAILABLE, details)
             raise
+        except grpc.aio.AbortError:
+            raise
         except Exception:
-            log.exception("stream %d from %s failed unexpectedly", state.number, peer)
+            log.exception("stream %d from %s failed unexpectedly", stream.number, peer)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in tap-emulator")
             raise
         finally:
-            del self._streams[state.number]
-            self._deriver.forget_stream(state.number)
-            metrics.streams_open.dec()
-            metrics.streams_ended[outcome].inc()
-            log.debug("stream %d from %s ended: %s", state.number, peer, outcome)
+            self._registry.close(stream)
+            self._handoff.forget_stream(stream.number)
+            metrics.streams_open[Source.TAP].dec()
+            metrics.streams_ended[Source.TAP, outcome].inc()
+            log.debug("stream %d from %s ended: %s", stream.number, peer, outcome.value)
 
-    def _end(self, state: _OpenStream, reason: str) -> None:
-        if state.task is not None and state.ended_by is None:
-            state.ended_by = reason
-            state.task.cancel()
-
-    async def end_streams(self, grace_seconds: float) -> None:
-        """Refuse new streams; give open ones `grace_seconds` to finish, then end them.
-
-        Ending a stream loses nothing accepted: a message read off a stream is already owned
-        by the writer pool (see WriterPool.put)."""
-        self.closing = True
-        tasks = {s.task for s in self._streams.values() if s.task is not None}
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_seconds)
-        for state in list(self._streams.values()):
-            self._end(state, "shutdown")
-        tasks = {s.task for s in self._streams.values() if s.task is not None}
-        if tasks:
-            await asyncio.wait(tasks)
-
-    async def close_idle_streams(self) -> None:
-        """Run forever: end streams that sent nothing for the idle timeout (0: never)."""
-        if self._idle_timeout <= 0:
-            return
-        period = min(1.0, self._idle_timeout / 4)
-        while True:
-            await asyncio.sleep(period)
-            deadline = time.monotonic() - self._idle_timeout
-            for state in list(self._streams.values()):
-                # A stream held back by a full queue is waiting for us, not idle.
-                if state.last_read < deadline and not state.waiting_for_room:
-                    self._end(state, "idle")
-
-    async def _serve_stream(self, state: _OpenStream, requests: AsyncIterator[bytes]) -> None:
-        pool = self._pool
-        ledger = _Ledger()
+    async def _serve_stream(self, stream: OpenStream, requests: AsyncIterator[bytes]) -> int:
+        """Read the stream to its end; returns how many of its files were dropped."""
+        pending = PendingFiles()
         sender = self._anonymous
         identified = False
         index = 0
         async for raw in requests:
             arrived = time.monotonic()
-            state.last_read = arrived
             index += 1
             request = self._decode(raw, index)
             self.accepted += 1
             if not identified:
                 identified = request.HasField("identifier")
-                sender = self._identify(request, state.number, first=index == 1)
-            derivation = self._deriver.derive(request, sender, state.number)
-            self._count(derivation, sender, len(raw))
-            for planned in derivation.files:
-                ledger.pending += 1
-                publication = Publication(
-                    planned.stem, planned.sequence, planned.payload, arrived, ledger.settle
-                )
-                if not pool.try_put(publication):
-                    state.waiting_for_room = True
-                    try:
-                        await pool.put(publication)
-                    finally:
-                        state.waiting_for_room = False
-                        state.last_read = time.monotonic()
-        await ledger.wait()
+                sender = self._identify(request, stream.number, index)
+            if request.HasField("trace"):
+                stream.active()  # a keepalive-sized message with no trace is not activity
+            group = self._handoff.plan(
+                request, sender, stream.number, Source.TAP, len(raw), pending, arrived
+            )
+            del raw, request  # while this stream waits for room it holds only its files
+            if group and not self._queue.try_put(group):
+                stream.waiting_for_room = True
+                try:
+                    await self._queue.put(group)
+                finally:
+                    stream.waiting_for_room = False
+                    stream.active()
+        await pending.wait()
+        return pending.dropped
 
     def _decode(self, raw: bytes, index: int) -> StreamTapsRequest:
-        if len(raw) > self._max_message_bytes:
-            self._metrics.messages_rejected["too_large"].inc()
-            raise _StreamRejectedError(
-                "resource_exhausted",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+        limit = self._limits.max_message_bytes
+        if len(raw) > limit:
+            raise self._reject(
+                RejectReason.TOO_LARGE,
                 f"message {index} on this stream is {len(raw)} bytes, over max_message_bytes "
-                f"({self._max_message_bytes}); the {index - 1} before it were accepted",
+                f"({limit}); the {index - 1} before it were accepted",
             )
         try:
-            return StreamTapsRequest.FromString(raw)
-        except DecodeError as exc:
-            self._metrics.messages_rejected["decode"].inc()
-            raise _StreamRejectedError(
-                "invalid_argument",
-                grpc.StatusCode.INVALID_ARGUMENT,
+            self._limits.budget.check(raw, StreamTapsRequest.DESCRIPTOR)
+            request = StreamTapsRequest.FromString(raw)
+        except OverBudgetError as exc:
+            raise self._reject(
+                RejectReason.TOO_MANY_HEADERS,
+                f"message {index} on this stream has {exc}; the {index - 1} before it were "
+                "accepted",
+            ) from exc
+        except (DecodeError, MalformedError) as exc:
+            raise self._reject(
+                RejectReason.DECODE,
                 f"message {index} on this stream is not an envoy.service.tap.v3."
                 f"StreamTapsRequest ({exc}); the {index - 1} before it were accepted",
             ) from exc
+        if request.HasField("identifier"):
+            too_long = _identity_too_long(request)
+            if too_long is not None:
+                raise self._reject(
+                    RejectReason.IDENTITY_TOO_LONG,
+                    f"message {index} on this stream has an identifier whose {too_long}; "
+                    f"the {index - 1} before it were accepted",
+                )
+        return request
 
-    def _identify(self, request: StreamTapsRequest, stream: int, *, first: bool) -> Identity:
+    def _reject(self, reason: RejectReason, details: str) -> StreamRejectedError:
+        self._metrics.messages_rejected[Source.TAP, reason].inc()
+        if reason is RejectReason.DECODE or reason is RejectReason.IDENTITY_TOO_LONG:
+            outcome, code = StreamOutcome.INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT
+        else:
+            outcome, code = StreamOutcome.RESOURCE_EXHAUSTED, grpc.StatusCode.RESOURCE_EXHAUSTED
+        return StreamRejectedError(outcome, code, details)
+
+    def _identify(self, request: StreamTapsRequest, stream: int, index: int) -> Identity:
         if not request.HasField("identifier"):
-            if first:
+            if index == 1:
                 self._metrics.streams_without_identifier.inc()
                 log.debug("stream %d sent no identifier first; using defaults", stream)
             return self._anonymous
@@ -267,16 +265,3 @@ class TapSink:
             sender.client_namespace or UNKNOWN_NAMESPACE,
         )
         return sender
-
-    def _count(self, derivation: Derivation, sender: Identity, size: int) -> None:
-        metrics = self._metrics
-        metrics.messages_received[derivation.kind.value, sender.direction.value].inc()
-        metrics.received_bytes.inc(size)
-        if derivation.sanitized:
-            metrics.names_sanitized.inc(derivation.sanitized)
-        if derivation.truncated:
-            metrics.names_truncated.inc(derivation.truncated)
-        if derivation.redactions:
-            metrics.redactions.inc(derivation.redactions)
-        if derivation.kind is TraceKind.SOCKET or derivation.kind is TraceKind.OTHER:
-            metrics.fallback_names[derivation.kind.value].inc(len(derivation.files))

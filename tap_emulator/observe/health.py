@@ -14,25 +14,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from grpc_health.v1 import health, health_pb2
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tap_emulator.netaddr import peer_address
 from tap_emulator.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-TAP_SERVICE = "envoy.service.tap.v3.TapSinkService"
 _MAX_REQUEST_HEAD_BYTES = 8192
 _READ_TIMEOUT_SECONDS = 5.0
 
 
 class Readiness:
-    """Whether the emulator can take taps now, and if not, why."""
+    """Whether the emulator can take taps now, and if not, why.
 
-    def __init__(self, output_check: Callable[[], str | None]) -> None:
-        self._output_check = output_check
+    Every check reads state kept up to date elsewhere (the output directory's watch, the
+    writers, the stream slots): answering never touches the disk, so a frozen file system
+    cannot make the answer itself hang."""
+
+    def __init__(self, *checks: Callable[[], str | None]) -> None:
+        self._checks = checks
         self.listening = False
         self.draining = False
 
@@ -41,27 +47,74 @@ class Readiness:
             return "shutting down"
         if not self.listening:
             return "tap listener not started"
-        trouble = self._output_check()
-        if trouble is not None:
-            return f"output directory not writable: {trouble}"
+        for check in self._checks:
+            trouble = check()
+            if trouble is not None:
+                return trouble
         return None
 
 
-class GrpcHealth:
-    """The standard gRPC health service, following readiness."""
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
-    def __init__(self) -> None:
-        # `health.aio` is attached at import time, which the stubs do not show.
-        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+
+class GrpcHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """The standard gRPC health service (Check and Watch), following readiness.
+
+    Watch calls are long-lived: they have slots of their own (in all and per peer address),
+    so watchers can neither take the tap sources' stream slots nor pile up without bound."""
+
+    def __init__(self, services: tuple[str, ...], max_watches: int = 100, per_peer: int = 10):
+        self._status = dict.fromkeys(("", *services), _NOT_SERVING)
+        self._changed = asyncio.Condition()
+        self._max_watches = max_watches
+        self._per_peer = per_peer
+        self._watches: dict[str, int] = {}
 
     async def serving(self, ready: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await self.servicer.set("", status)
-        await self.servicer.set(TAP_SERVICE, status)
+        status = _SERVING if ready else _NOT_SERVING
+        if all(value == status for value in self._status.values()):
+            return
+        async with self._changed:
+            for service in self._status:
+                self._status[service] = status
+            self._changed.notify_all()
+
+    async def Check(  # noqa: N802 (the gRPC method's name)
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(  # noqa: N802 (the gRPC method's name)
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        peer = peer_address(context.peer())
+        if sum(self._watches.values()) >= self._max_watches or (
+            self._watches.get(peer, 0) >= self._per_peer
+        ):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many health watches (at most {self._max_watches}, {self._per_peer} per "
+                "peer); use Check",
+            )
+        self._watches[peer] = self._watches.get(peer, 0) + 1
+        try:
+            last = None
+            while True:
+                status = self._status.get(request.service, _SERVICE_UNKNOWN)
+                if status != last:
+                    yield health_pb2.HealthCheckResponse(status=status)
+                    last = status
+                async with self._changed:
+                    await self._changed.wait()
+        finally:
+            self._watches[peer] -= 1
+            if not self._watches[peer]:
+                del self._watches[peer]
 
 
 class HttpEndpoint:

@@ -11,9 +11,7 @@ objects (queue, correlation tables) are read at scrape time through callbacks.
 
 from __future__ import annotations
 
-import logging
 import platform
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,51 +28,38 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tap_emulator import __version__
+from tap_emulator.labels import (
+    FALLBACK_KINDS,
+    Direction,
+    RejectReason,
+    Source,
+    StreamOutcome,
+    TraceKind,
+    WriteErrorReason,
+)
 
 PREFIX = "tap_emulator"
 
-TRACE_KINDS = ("buffered", "streamed_segment", "socket", "other", "none")
-DIRECTIONS = ("inbound", "outbound")
-STREAM_OUTCOMES = (
-    "ok",
-    "cancelled",
-    "invalid_argument",
-    "resource_exhausted",
-    "internal",
-    "shutdown",
-    "idle",
+# `_created` series double the exposition and tell an operator nothing here. The switch is
+# process-wide in prometheus-client, so it is thrown once, when this table is first imported.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+TRACE_KINDS = tuple(TraceKind)
+DIRECTIONS = tuple(Direction)
+STREAM_OUTCOMES = tuple(StreamOutcome)
+SOURCES = tuple(Source)
+MESSAGE_REJECT_REASONS = tuple(
+    reason
+    for reason in RejectReason
+    if reason not in (RejectReason.STREAM_LIMIT, RejectReason.PEER_LIMIT)
 )
-REJECT_REASONS = ("decode", "too_large")
-WRITE_ERROR_REASONS = ("enospc", "edquot", "efbig", "eio", "erofs", "eacces", "other")
-FALLBACK_KINDS = ("socket", "other")
+WRITE_ERROR_REASONS = tuple(WriteErrorReason)
 
 # From 100 microseconds (a tmpfs publish on an idle server) to 10 seconds (a stalled disk).
 LATENCY_BUCKETS_SECONDS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-
-
-class ThrottledLog:
-    """Warnings about things that can repeat per message (refused input), at most one line
-    per reason per `period_seconds`, with the number left unsaid since the last line."""
-
-    def __init__(self, logger: logging.Logger, period_seconds: float = 10.0) -> None:
-        self._logger = logger
-        self._period = period_seconds
-        self._last: dict[str, float] = {}
-        self._unsaid: dict[str, int] = {}
-
-    def warning(self, reason: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self._period:
-            self._unsaid[reason] = self._unsaid.get(reason, 0) + 1
-            return
-        self._last[reason] = now
-        unsaid = self._unsaid.pop(reason, 0)
-        suffix = f" ({unsaid} more like this not logged)" if unsaid else ""
-        self._logger.warning(message + suffix, *args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +104,6 @@ class Metrics:
     """The emulator's metric table; one per server, each on its own registry."""
 
     def __init__(self, transport: str = "grpcio") -> None:
-        # `_created` series double the exposition and tell an operator nothing here.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)
@@ -132,18 +115,36 @@ class Metrics:
             }
         )
 
-        # --- streams -------------------------------------------------------------------
-        self.streams_open = Gauge(f"{PREFIX}_streams_open", "StreamTaps calls open now", registry=r)
-        self.streams_opened = Counter(
-            f"{PREFIX}_streams_opened", "StreamTaps calls accepted", registry=r
+        # --- streams ---------------------------------------------------------------------
+        open_streams = Gauge(
+            f"{PREFIX}_streams_open", "Streams open now, by source", ["source"], registry=r
         )
+        self.streams_open = {s: open_streams.labels(s) for s in SOURCES}
+        opened = Counter(
+            f"{PREFIX}_streams_opened", "Streams accepted, by source", ["source"], registry=r
+        )
+        self.streams_opened = {s: opened.labels(s) for s in SOURCES}
         streams_ended = Counter(
             f"{PREFIX}_streams_ended",
-            "StreamTaps calls ended, by outcome",
-            ["outcome"],
+            "Streams ended, by source and outcome",
+            ["source", "outcome"],
             registry=r,
         )
-        self.streams_ended = {o: streams_ended.labels(o) for o in STREAM_OUTCOMES}
+        self.streams_ended = {
+            (s, o): streams_ended.labels(s, o) for s in SOURCES for o in STREAM_OUTCOMES
+        }
+        refused = Counter(
+            f"{PREFIX}_streams_refused",
+            "Streams refused at their start because no slot was free (stream_limit) or the "
+            "peer held its share (peer_limit), by source and reason",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.streams_refused = {
+            (s, reason): refused.labels(s, reason)
+            for s in SOURCES
+            for reason in (RejectReason.STREAM_LIMIT, RejectReason.PEER_LIMIT)
+        }
         unknown = Counter(
             f"{PREFIX}_streams_unknown_direction",
             "Streams whose tap_id named no direction and took the default",
@@ -159,23 +160,35 @@ class Metrics:
         # --- messages ------------------------------------------------------------------
         received = Counter(
             f"{PREFIX}_messages_received",
-            "StreamTapsRequest messages accepted (read off a stream), by trace kind and direction",
-            ["kind", "direction"],
+            "Traces accepted (read off a stream; for ext_proc, one per transaction written "
+            "whole or per streamed piece), by source, trace kind and direction",
+            ["source", "kind", "direction"],
             registry=r,
         )
         self.messages_received = {
-            (k, d): received.labels(k, d) for k in TRACE_KINDS for d in DIRECTIONS
+            (s, k, d): received.labels(s, k, d)
+            for s in SOURCES
+            for k in TRACE_KINDS
+            for d in DIRECTIONS
         }
-        self.received_bytes = Counter(
-            f"{PREFIX}_received_bytes", "Bytes of accepted messages", registry=r
-        )
-        rejected = Counter(
-            f"{PREFIX}_messages_rejected",
-            "Messages refused, by reason (the stream ends with an error status)",
-            ["reason"],
+        received_bytes = Counter(
+            f"{PREFIX}_received_bytes",
+            "Bytes of accepted messages, by source",
+            ["source"],
             registry=r,
         )
-        self.messages_rejected = {reason: rejected.labels(reason) for reason in REJECT_REASONS}
+        self.received_bytes = {s: received_bytes.labels(s) for s in SOURCES}
+        rejected = Counter(
+            f"{PREFIX}_messages_rejected",
+            "Messages refused, by source and reason (the stream ends with an error status)",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.messages_rejected: dict[tuple[Source, RejectReason], Counter] = {
+            (s, reason): rejected.labels(s, reason)
+            for s in SOURCES
+            for reason in MESSAGE_REJECT_REASONS
+        }
 
         # --- naming --------------------------------------------------------------------
         self.names_sanitized = Counter(
@@ -208,18 +221,35 @@ class Metrics:
         )
         errors = Counter(
             f"{PREFIX}_write_errors",
-            "Failed publish attempts (each is retried), by reason",
+            "Failed publish attempts of the disk as a whole (retried, or dropped with "
+            "on_write_error: drop), by reason",
             ["reason"],
             registry=r,
         )
         self.write_errors = {reason: errors.labels(reason) for reason in WRITE_ERROR_REASONS}
         dropped = Counter(
             f"{PREFIX}_files_dropped",
-            "Files given up after a failed publish (only with on_write_error: drop), by reason",
+            "Files given up: one the disk refused for its own sake (efbig, enametoolong), or any "
+            "failed publish with on_write_error: drop; by reason",
             ["reason"],
             registry=r,
         )
         self.files_dropped = {reason: dropped.labels(reason) for reason in WRITE_ERROR_REASONS}
+        delete_errors = Counter(
+            f"{PREFIX}_retention_delete_errors",
+            "Files retention could not delete (they are no longer counted against the caps), "
+            "by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.retention_delete_errors = {
+            reason: delete_errors.labels(reason) for reason in WRITE_ERROR_REASONS
+        }
+        self.writer_restarts = Counter(
+            f"{PREFIX}_writer_restarts",
+            "Writer tasks that failed unexpectedly and were restarted",
+            registry=r,
+        )
         self.sequence_collisions = Counter(
             f"{PREFIX}_sequence_collisions",
             "Publishes that found their name taken on disk and moved to the next free number",

@@ -1,21 +1,26 @@
 """Write: caps on the output directory, applied oldest first, so a long run never fills it.
 
-Only files whose names the emulator writes (`<stem>-<n>.pb`) are counted or deleted; other
-files in a shared directory such as /tmp are never touched. The ledger is built by one scan
-at start (oldest first by modification time) and then kept up to date by the writers, which
-call `admit` after publishing and delete whatever it returns. It is shared by the writer
-threads, hence the lock.
+Only files whose names the emulator writes (`<stem>-<n>.pb`, owned by the emulator's user) are
+counted or deleted; other files in a shared directory such as /tmp are never touched. The
+ledger is built by one scan at start (oldest first by modification time) and then kept up to
+date by the writers, which call `admit` after publishing and delete whatever it returns. A file
+that cannot be deleted (replaced by a directory, made immutable, taken over by another user)
+leaves the ledger all the same: the caps count what the emulator can still manage.
+
+Because deletion takes a stem's lowest numbers first, the ledger also remembers, for every stem
+with a file on disk, the highest number it holds: a stem's numbers keep going up while any of
+its files exist, wherever the gaps are. It is shared by the writer threads, hence the lock.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-OUR_FILE = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9._:-]*-[0-9]+\.pb")
+from tap_emulator import layout
+from tap_emulator.write.publisher import OurFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,41 +36,50 @@ class RetentionPolicy:
 
 
 class RetentionLedger:
-    """Our files in publication order, with their total size."""
+    """Our files in publication order, with their total size and each stem's highest number."""
 
     def __init__(self, policy: RetentionPolicy) -> None:
         self.policy = policy
         self._files: deque[tuple[str, int]] = deque()
+        self._stems: dict[str, list[int]] = {}  # stem -> [files on disk, highest number]
         self.total_bytes = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._files)
 
-    def scan(self, dir_fd: int) -> None:
-        """Learn the files already in the directory, oldest first."""
-        found: list[tuple[int, str, int]] = []
-        with os.scandir(dir_fd) as entries:
-            for entry in entries:
-                if OUR_FILE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                    stat = entry.stat(follow_symlinks=False)
-                    found.append((stat.st_mtime_ns, entry.name, stat.st_size))
-        found.sort()
+    def load(self, found: Iterable[OurFile]) -> None:
+        """Learn the files already in the directory (from one scan), oldest first."""
+        ordered = sorted(found, key=lambda f: (f.mtime_ns, f.name))
         with self._lock:
-            for _, name, size in found:
-                self._files.append((name, size))
-                self.total_bytes += size
+            for item in ordered:
+                self._add(item.name, item.size_bytes)
 
-    def admit(self, name: str, size: int) -> list[str]:
+    def admit(self, name: str, size_bytes: int) -> list[str]:
         """Record a published file; returns the oldest files to delete to honour the caps."""
         with self._lock:
-            self._files.append((name, size))
-            self.total_bytes += size
+            self._add(name, size_bytes)
             return self._over_cap()
 
     def over_cap(self) -> list[str]:
         with self._lock:
             return self._over_cap()
+
+    def highest(self, stem: str) -> int:
+        """The highest number of a file of `stem` still on disk (0: none)."""
+        with self._lock:
+            entry = self._stems.get(stem)
+            return 0 if entry is None else entry[1]
+
+    def _add(self, name: str, size_bytes: int) -> None:
+        self._files.append((name, size_bytes))
+        self.total_bytes += size_bytes
+        parsed = layout.parse_file_name(name)
+        if parsed is not None:
+            stem, sequence = parsed
+            entry = self._stems.setdefault(stem, [0, 0])
+            entry[0] += 1
+            entry[1] = max(entry[1], sequence)
 
     def _over_cap(self) -> list[str]:
         doomed: list[str] = []
@@ -77,4 +91,10 @@ class RetentionLedger:
             name, size = self._files.popleft()
             self.total_bytes -= size
             doomed.append(name)
+            parsed = layout.parse_file_name(name)
+            if parsed is not None:
+                entry = self._stems[parsed[0]]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    del self._stems[parsed[0]]
         return doomed

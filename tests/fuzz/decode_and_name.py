@@ -2,9 +2,10 @@
 
 `Pipeline.feed(raw)` does what the ingest handler does with one message read off a stream,
 minus the network and the disk: `StreamTapsRequest.FromString`, the stream's identity from
-its first identifier, `Deriver.derive`. The Deriver is built as `app.build` builds it: its
-SequenceCounter's floor is a real `WriterPool.highest_published` on a scratch directory, so
-the names it asks about go through real `stat` calls relative to a directory descriptor.
+its first identifier, `Deriver.derive`, then the number the writers would give each file. The
+Deriver is the one `app.build` uses (`app.build_deriver`), and the numbers come from the
+writers' own `Numbering` over a real scratch directory, so the names it asks about go through
+real `stat` calls relative to a directory descriptor.
 
 Properties (`check_name`): the only exception allowed out of decoding is DecodeError, and
 every planned file name
@@ -29,20 +30,14 @@ from google.protobuf.message import DecodeError
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
-from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
-from tap_emulator.derive.deriver import Deriver, NamingPolicy
-from tap_emulator.derive.naming import (
-    DEFAULT_TRACE_ID_HEADERS,
-    NAME_MAX_BYTES,
-    Direction,
-    Identity,
-    NameFormat,
-    file_name,
-)
-from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS
+from tap_emulator.app import build_deriver
+from tap_emulator.config import Settings
+from tap_emulator.derive.naming import Identity, NameFormat
 from tap_emulator.ingest.tapsink import identity_of
-from tap_emulator.observe.metrics import Metrics
-from tap_emulator.write.pool import WriterPool
+from tap_emulator.labels import Direction
+from tap_emulator.layout import NAME_MAX_BYTES, file_name
+from tap_emulator.write.numbering import Numbering
+from tap_emulator.write.publisher import DirectoryPublisher
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._:-]+")
 
@@ -92,17 +87,17 @@ class Pipeline:
         default_direction: Direction = Direction.INBOUND,
     ) -> None:
         self.directory = directory
-        self.pool = WriterPool(directory, Metrics())
-        self.pool.open()
-        sequences = SequenceCounter(self.pool.highest_published, max_entries, 300.0)
-        segments = SegmentNames(max_entries, 300.0)
-        policy = NamingPolicy(
+        self.publisher = DirectoryPublisher(directory)
+        self.publisher.open()
+        settings = Settings(
+            output_dir=directory,
             name_format=name_format,
-            trace_id_headers=DEFAULT_TRACE_ID_HEADERS,
-            redact_headers=frozenset(DEFAULT_REDACT_HEADERS),
             default_direction=default_direction,
+            correlation_max_entries=max_entries,
+            queue_max_items=max(1, max_entries - 256),
         )
-        self.deriver = Deriver(policy, sequences, segments)
+        self.deriver = build_deriver(settings)
+        self.numbering = Numbering(self.publisher.exists, None, max_entries, 300.0)
         self._default = default_direction
         self._stream = 0
         self._identity = Identity(default_direction, False, None)
@@ -131,7 +126,7 @@ class Pipeline:
         derivation = self.deriver.derive(request, self._identity, self._stream)
         fed = Fed(decoded=True)
         for planned in derivation.files:
-            name = file_name(planned.stem, planned.sequence)
+            name = file_name(planned.stem, self.numbering.first_try(planned.stem, planned.sequence))
             check_name(name, self.directory)
             TraceWrapper.FromString(planned.payload)  # what is written parses back
             fed.names.append(name)
@@ -143,17 +138,14 @@ class Pipeline:
         return [self.feed(raw) for raw in messages]
 
     def close(self) -> None:
-        """Close the directory descriptor the pool opened (it was never started, so there
-        are no writer tasks to stop; WriterPool.close is for a started pool)."""
-        if self.pool._dir_fd is not None:
-            os.close(self.pool._dir_fd)
-            self.pool._dir_fd = None
+        """Close the directory descriptor the publisher opened."""
+        self.publisher.close()
 
 
 def scratch_pipeline(name_format: NameFormat = NameFormat.PLAIN) -> Pipeline:
     """A Pipeline for fuzz targets, which libFuzzer ends without running cleanups: its
-    directory is removed as soon as the pool has opened it, so nothing is left behind. Name
-    lookups through the pool's descriptor then find nothing, as in an empty directory."""
+    directory is removed as soon as the publisher has opened it, so nothing is left behind.
+    Name lookups through its descriptor then find nothing, as in an empty directory."""
     directory = Path(tempfile.mkdtemp(prefix="tap-fuzz-"))
     pipeline = Pipeline(directory, name_format)
     directory.rmdir()

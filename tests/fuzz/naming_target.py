@@ -48,15 +48,15 @@ def decode_naming_input(data: bytes) -> tuple[list[str], int]:
 def check_naming_input(data: bytes) -> None:
     from tap_emulator.derive.naming import (
         DEFAULT_TRACE_ID_HEADERS,
-        Direction,
         Half,
         authority_from,
         build_stem,
-        file_name,
         identity,
         prefix_for,
         trace_id_from,
     )
+    from tap_emulator.labels import Direction
+    from tap_emulator.layout import file_name
     from tests.fuzz.decode_and_name import check_name
 
     (authority, trace_key, trace_value, node_id, tap_id), envoy_id = decode_naming_input(data)

@@ -1,39 +1,32 @@
-"""Runs `tap-emulator serve` with deliberately slow writers, for backpressure and drain tests.
+"""Runs `tap-emulator serve` over a deliberately slow disk, for backpressure and drain tests.
 
     python slow_server.py --write-delay-seconds 0.01 [--gate FILE] -- serve ARGS...
 
 Each published file costs an extra `--write-delay-seconds`. With `--gate FILE`, writers
-publish nothing until FILE exists (a stalled disk that recovers).
+publish nothing until FILE exists (a stalled disk that recovers). The delay sits in a
+publisher wrapped around the real one (tap_emulator.testing), so everything else is `serve`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from tap_emulator.cli import main
-from tap_emulator.write import pool as writer
-
-
-def slow_down(delay: float, gate: Path | None) -> None:
-    publish = writer.WriterPool._publish
-
-    def slow_publish(self: writer.WriterPool, publication: writer.Publication) -> int:
-        while gate is not None and not gate.exists():
-            time.sleep(0.01)
-        time.sleep(delay)
-        return publish(self, publication)
-
-    writer.WriterPool._publish = slow_publish  # type: ignore[method-assign]
-
+from tap_emulator import app
+from tap_emulator.cli import build_parser, settings_from
+from tap_emulator.observe.logs import configure_logging
+from tap_emulator.testing import SlowPublisher
+from tap_emulator.write.publisher import DirectoryPublisher
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--write-delay-seconds", type=float, default=0.0)
     parser.add_argument("--gate", type=Path)
     own, rest = parser.parse_known_args()
-    slow_down(own.write_delay_seconds, own.gate)
-    # Slow publishing must stay off the event loop (as it would on a real slow disk).
-    sys.exit(main([*(arg for arg in rest if arg != "--"), "--writer-mode", "thread"]))
+    settings = settings_from(build_parser().parse_args([a for a in rest if a != "--"]))
+    configure_logging(settings.log_level, settings.log_format)
+    disk = DirectoryPublisher(
+        settings.output_dir, file_mode=settings.file_mode, fsync=settings.fsync
+    )
+    sys.exit(app.run(settings, SlowPublisher(disk, own.write_delay_seconds, own.gate)))

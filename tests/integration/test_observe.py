@@ -139,12 +139,15 @@ def test_readyz_fails_while_the_output_dir_is_unwritable(start_emulator: Any, tm
     assert http_get(f"{emulator.metrics_url}/readyz")[0] == 200
 
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    # The directory is probed once a second in a thread of its own; /readyz reads the result.
+    assert wait_for(lambda: http_get(f"{emulator.metrics_url}/readyz")[0] == 503, timeout=5)
     status, body = http_get(f"{emulator.metrics_url}/readyz")
-    assert status == 503 and "output directory not writable" in body
+    assert status == 503 and "output directory: EROFS" in body
     assert wait_for(lambda: grpc_health(emulator.tap) == "NOT_SERVING", timeout=5)
 
     subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
-    assert http_get(f"{emulator.metrics_url}/readyz") == (200, "ready\n")
+    ready = (200, "ready\n")
+    assert wait_for(lambda: http_get(f"{emulator.metrics_url}/readyz") == ready, timeout=5)
     assert wait_for(lambda: grpc_health(emulator.tap) == "SERVING", timeout=5)
 
 

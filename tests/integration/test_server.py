@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import signal
 import time
@@ -252,13 +253,22 @@ def test_restart_never_overwrites_and_continues_the_sequence(start_emulator: Any
 def test_stale_temporary_files_are_swept_at_start_and_nothing_else(
     start_emulator: Any, tmp_path: Path
 ) -> None:
+    """A temporary left by a crash an hour ago goes; one a live emulator sharing the volume
+    may be writing right now (seconds old) stays, whatever its process id says."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".tap-emulator-tmp-999999-3").write_bytes(b"half a file")
+    stale = out / ".tap-emulator-tmp-0123456789abcdef01234567-3-aa"
+    stale.write_bytes(b"half a file")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    (out / ".tap-emulator-tmp-fedcba9876543210fedcba98-1-bb").write_bytes(b"being written")
     (out / "someone-elses-file.txt").write_text("keep me")
     emulator = start_emulator(output_dir=out)
 
-    assert sorted(p.name for p in out.iterdir()) == ["someone-elses-file.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".tap-emulator-tmp-fedcba9876543210fedcba98-1-bb",
+        "someone-elses-file.txt",
+    ]
     assert "removed 1 stale temporary files" in emulator.log
 
 

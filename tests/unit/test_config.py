@@ -19,8 +19,9 @@ from tap_emulator.config import (
     build_settings,
     load_settings,
 )
-from tap_emulator.derive.naming import Direction, NameFormat
-from tap_emulator.write.pool import WriteErrorPolicy, WriterMode
+from tap_emulator.derive.naming import NameFormat
+from tap_emulator.labels import Direction
+from tap_emulator.write.policy import WriteErrorPolicy, WriterMode
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -34,67 +35,50 @@ def config_error(*layers: dict[str, Any]) -> str:
 # --- defaults ---------------------------------------------------------------------------
 
 
-def test_default_listen_address_is_all_interfaces_port_9000() -> None:
-    assert Settings().listen == "0.0.0.0:9000"
-
-
-def test_default_output_dir_is_tmp() -> None:
-    assert Settings().output_dir == Path("/tmp")
-
-
-def test_default_trace_id_headers_are_the_decided_order() -> None:
-    assert Settings().trace_id_headers == (
-        "x-b3-traceid",
-        "b3",
-        "traceparent",
-        "x-trace-id",
-        "x-request-id",
-    )
-
-
-def test_default_redact_headers_are_the_credential_headers() -> None:
-    assert Settings().redact_headers == (
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-    )
-
-
-def test_default_direction_is_inbound_and_name_format_plain() -> None:
-    assert Settings().default_direction is Direction.INBOUND
-    assert Settings().name_format is NameFormat.PLAIN
-
-
-def test_default_max_message_is_16_mib() -> None:
-    assert Settings().max_message_bytes == 16 * MiB
+DOCUMENTED_DEFAULTS: dict[str, object] = {
+    "listen": "0.0.0.0:9000",
+    "metrics_listen": "0.0.0.0:9090",
+    "output_dir": Path("/tmp"),
+    "writers": 1,
+    "writer_batch_max_items": 256,
+    "queue_max_items": 10_000,
+    "queue_max_bytes": 64 * MiB,
+    "writer_mode": WriterMode.AUTO,
+    "fsync": False,
+    "file_mode": 0o640,
+    "name_format": NameFormat.PLAIN,
+    "trace_id_headers": ("x-b3-traceid", "b3", "traceparent", "x-trace-id", "x-request-id"),
+    "redact_headers": ("authorization", "proxy-authorization", "cookie", "set-cookie"),
+    "default_direction": Direction.INBOUND,
+    "max_message_bytes": 16 * MiB,
+    "max_headers_per_message": 10_000,
+    "max_concurrent_streams": 1000,
+    "max_streams_per_peer": 100,
+    "max_streams_per_connection": 1000,
+    "stream_idle_timeout_seconds": 600.0,
+    "extproc_max_concurrent_streams": 20_000,
+    "extproc_max_streams_per_peer": 5_000,
+    "extproc_max_body_bytes": 8 * MiB,
+    "extproc_assembly_max_bytes": 256 * MiB,
+    "on_write_error": WriteErrorPolicy.BLOCK,
+    "tls_cert_file": None,
+    "tls_key_file": None,
+    "tls_client_ca_file": None,
+    "correlation_max_entries": 100_000,
+    "correlation_idle_seconds": 300.0,
+    "drain_timeout_seconds": 20.0,
+    "retention_max_bytes": 0,
+    "retention_max_files": 0,
+    "log_summary_seconds": 60.0,
+    "log_level": "info",
+    "log_format": "text",
+}
 
 
 def test_every_default_is_the_documented_one() -> None:
-    assert Settings() == Settings(
-        listen="0.0.0.0:9000",
-        metrics_listen="0.0.0.0:9090",
-        output_dir=Path("/tmp"),
-        writers=1,
-        writer_batch_max_items=256,
-        queue_max_items=10_000,
-        queue_max_bytes=64 * MiB,
-        fsync=False,
-        file_mode=0o640,
-        name_format=NameFormat.PLAIN,
-        trace_id_headers=("x-b3-traceid", "b3", "traceparent", "x-trace-id", "x-request-id"),
-        redact_headers=("authorization", "proxy-authorization", "cookie", "set-cookie"),
-        default_direction=Direction.INBOUND,
-        max_message_bytes=16 * MiB,
-        max_concurrent_streams=1000,
-        correlation_max_entries=100_000,
-        correlation_idle_seconds=300.0,
-        drain_timeout_seconds=20.0,
-        retention_max_bytes=0,
-        retention_max_files=0,
-        log_level="info",
-        log_format="text",
-    )
+    assert set(DOCUMENTED_DEFAULTS) == set(FIELDS), "document the new setting's default here"
+    defaults = Settings()
+    assert {name: getattr(defaults, name) for name in FIELDS} == DOCUMENTED_DEFAULTS
 
 
 def test_nothing_given_means_the_defaults() -> None:
@@ -127,9 +111,15 @@ def test_example_file_loads_to_the_expected_settings() -> None:
         redact_headers=("authorization", "cookie", "x-api-key"),
         default_direction=Direction.OUTBOUND,
         max_message_bytes=32 * MiB,
+        max_headers_per_message=2000,
         max_concurrent_streams=200,
+        max_streams_per_peer=20,
         max_streams_per_connection=50,
         stream_idle_timeout_seconds=900.0,
+        extproc_max_concurrent_streams=8000,
+        extproc_max_streams_per_peer=2000,
+        extproc_max_body_bytes=2 * MiB,
+        extproc_assembly_max_bytes=64 * MiB,
         on_write_error=WriteErrorPolicy.DROP,
         tls_cert_file=Path("/etc/tap-emulator/tls/tls.crt"),
         tls_key_file=Path("/etc/tap-emulator/tls/tls.key"),
@@ -139,6 +129,7 @@ def test_example_file_loads_to_the_expected_settings() -> None:
         drain_timeout_seconds=45.5,
         retention_max_bytes=10 * GiB,
         retention_max_files=100_000,
+        log_summary_seconds=15.0,
         log_level="debug",
         log_format="json",
     )

@@ -1,21 +1,14 @@
-"""Correlation state: bounded by entries and idle time, evictions counted (reliability S6)."""
+"""Correlation state: bounded by entries and idle time, evictions counted."""
 
 from __future__ import annotations
-
-from collections import Counter
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tap_emulator.derive.correlate import (
-    BoundedLru,
-    SegmentNames,
-    SequenceCounter,
-    StemSketch,
-    TraceName,
-)
+from tap_emulator.bounded import BoundedLru
+from tap_emulator.derive.correlate import SegmentNames, SequenceCounter, TraceName
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -31,18 +24,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class CountingFloor:
-    """A `floor` callback that reports fixed numbers per stem and records every question."""
-
-    def __init__(self, floors: dict[str, int] | None = None) -> None:
-        self.floors = floors or {}
-        self.asked: Counter[str] = Counter()
-
-    def __call__(self, stem: str) -> int:
-        self.asked[stem] += 1
-        return self.floors.get(stem, 0)
 
 
 def name(prefix: str) -> TraceName:
@@ -207,70 +188,39 @@ def test_lru_pop_is_not_an_eviction() -> None:
 
 
 def test_first_sequence_of_a_new_stem_is_1() -> None:
-    counter = SequenceCounter(CountingFloor(), max_entries=10, idle_seconds=60, clock=FakeClock())
+    counter = SequenceCounter(max_entries=10, idle_seconds=60, clock=FakeClock())
 
     assert counter.next("a-1") == 1
 
 
 def test_second_file_of_same_stem_gets_sequence_2() -> None:
-    counter = SequenceCounter(CountingFloor(), max_entries=10, idle_seconds=60, clock=FakeClock())
+    counter = SequenceCounter(max_entries=10, idle_seconds=60, clock=FakeClock())
     counter.next("a-1")
 
     assert counter.next("a-1") == 2
 
 
 def test_each_stem_counts_on_its_own() -> None:
-    counter = SequenceCounter(CountingFloor(), max_entries=10, idle_seconds=60, clock=FakeClock())
+    counter = SequenceCounter(max_entries=10, idle_seconds=60, clock=FakeClock())
 
     assert [counter.next(stem) for stem in ["a", "b", "a", "b", "a"]] == [1, 1, 2, 2, 3]
 
 
-def test_sequence_continues_after_the_floor_found_on_disk() -> None:
-    counter = SequenceCounter(
-        CountingFloor({"a": 41}), max_entries=10, idle_seconds=60, clock=FakeClock()
-    )
-
-    assert [counter.next("a"), counter.next("a")] == [42, 43]
-
-
-def test_floor_is_asked_only_for_a_stem_not_yet_tracked() -> None:
-    floor = CountingFloor()
-    counter = SequenceCounter(floor, max_entries=10, idle_seconds=60, clock=FakeClock())
-
-    for _ in range(5):
-        counter.next("a")
-    counter.next("b")
-
-    assert floor.asked == Counter({"a": 1, "b": 1})
-
-
-def test_floor_is_asked_again_after_a_capacity_eviction() -> None:
-    floor = CountingFloor({"a": 7})
-    counter = SequenceCounter(floor, max_entries=1, idle_seconds=60, clock=FakeClock())
-    counter.next("a")
-    counter.next("b")  # evicts a
-    floor.floors["a"] = 8  # what the writer published meanwhile
-
-    assert counter.next("a") == 9
-    assert floor.asked["a"] == 2
-    assert counter.evictions.capacity >= 1
-
-
-def test_floor_is_asked_again_after_an_idle_eviction() -> None:
+def test_a_forgotten_stem_starts_again_at_1_and_asks_nothing() -> None:
+    """The counter never looks at the disk: the writers move a restarted stem past its files
+    (tests/unit/test_numbering.py)."""
     clock = FakeClock()
-    floor = CountingFloor({"a": 3})
-    counter = SequenceCounter(floor, max_entries=10, idle_seconds=60, clock=clock)
+    counter = SequenceCounter(max_entries=10, idle_seconds=60, clock=clock)
     counter.next("a")
-    floor.floors["a"] = 4
+    counter.next("a")
     clock.advance(61)
 
-    assert counter.next("a") == 5
-    assert floor.asked["a"] == 2
+    assert counter.next("a") == 1
     assert counter.evictions.idle == 1
 
 
 def test_sequence_counter_holds_at_most_max_entries_stems() -> None:
-    counter = SequenceCounter(CountingFloor(), max_entries=3, idle_seconds=60, clock=FakeClock())
+    counter = SequenceCounter(max_entries=3, idle_seconds=60, clock=FakeClock())
 
     for index in range(10):
         counter.next(f"s{index}")
@@ -391,19 +341,16 @@ IDLE_SECONDS = 10.0
 class CorrelationMachine(RuleBasedStateMachine):
     """SegmentNames and SequenceCounter against a simple model, with a hand-moved clock.
 
-    The sequence counter's floor is "the highest number handed out so far", as the writer's
-    directory scan would report it, so a stem that is forgotten and seen again must continue.
+    While a stem is tracked its numbers go 1, 2, 3... with no gap and no repeat; once
+    forgotten it starts again at 1 (the writers move it past what is on disk).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
         self.names = SegmentNames(CAP, IDLE_SECONDS, clock=self.clock)
-        self.published: dict[str, int] = {}
-        self.handed_out: set[tuple[str, int]] = set()
-        self.sequences = SequenceCounter(
-            lambda stem: self.published.get(stem, 0), CAP, IDLE_SECONDS, clock=self.clock
-        )
+        self.last: dict[str, int] = {}
+        self.sequences = SequenceCounter(CAP, IDLE_SECONDS, clock=self.clock)
         # The last name remembered per key that has not been forgotten with its stream; the
         # real map may have evicted it, but may never answer with anything else.
         self.remembered: dict[tuple[int, int], TraceName] = {}
@@ -440,10 +387,8 @@ class CorrelationMachine(RuleBasedStateMachine):
     @rule(stem=st.sampled_from(["s1", "s2", "s3", "s4", "s5", "s6"]))
     def next_sequence(self, stem: str) -> None:
         sequence = self.sequences.next(stem)
-        assert (stem, sequence) not in self.handed_out
-        assert sequence > self.published.get(stem, 0)
-        self.handed_out.add((stem, sequence))
-        self.published[stem] = sequence
+        assert sequence in (1, self.last.get(stem, 0) + 1)
+        self.last[stem] = sequence
 
     @rule(seconds=st.sampled_from([0.0, 0.5, 3.0, IDLE_SECONDS - 0.1, IDLE_SECONDS, 25.0]))
     def advance_clock(self, seconds: float) -> None:
@@ -476,42 +421,3 @@ CorrelationMachine.TestCase.settings = settings(
     max_examples=300, stateful_step_count=40, deadline=None
 )
 test_correlation_state_machine = CorrelationMachine.TestCase
-
-
-# --- the sketch of stems that may have files ---------------------------------------------
-
-
-def test_sketch_never_forgets_a_stem_it_was_told() -> None:
-    sketch = StemSketch(size_bits=1 << 16)
-    stems = [f"svc-{n}.ns:80-{n:032x}" for n in range(5000)]
-    for stem in stems:
-        sketch.add(stem)
-    assert all(sketch.might_contain(stem) for stem in stems)
-
-
-def test_sketch_mostly_says_no_for_stems_it_never_saw() -> None:
-    sketch = StemSketch()
-    for n in range(10_000):
-        sketch.add(f"seen-{n}")
-    false_maybes = sum(sketch.might_contain(f"unseen-{n}") for n in range(10_000))
-    assert false_maybes <= 10  # ~0.01% expected for 10k stems in 8M bits
-
-
-def test_counter_with_sketch_skips_the_disk_for_stems_that_cannot_have_files() -> None:
-    asked: list[str] = []
-
-    def floor(stem: str) -> int:
-        asked.append(stem)
-        return 41
-
-    sketch = StemSketch()
-    sketch.add("on-disk")
-    clock = FakeClock()
-    counter = SequenceCounter(floor, max_entries=1, idle_seconds=60, clock=clock, sketch=sketch)
-
-    assert counter.next("brand-new") == 1
-    assert counter.next("on-disk") == 42
-    assert asked == ["on-disk"]
-    # "brand-new" was evicted by "on-disk" (one entry): now it may have files, so ask.
-    assert counter.next("brand-new") == 42
-    assert asked == ["on-disk", "brand-new"]

@@ -13,14 +13,10 @@ from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
-from tap_emulator.derive.deriver import Derivation, Deriver, NamingPolicy, TraceKind
-from tap_emulator.derive.naming import (
-    DEFAULT_TRACE_ID_HEADERS,
-    Direction,
-    Identity,
-    NameFormat,
-)
+from tap_emulator.derive.deriver import Derivation, Deriver, NamingPolicy
+from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, Identity, NameFormat
 from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS
+from tap_emulator.labels import Direction, TraceKind
 from tests.helpers.paths import VECTORS as VECTORS_DIR
 
 # --- helpers ----------------------------------------------------------------------------
@@ -44,7 +40,7 @@ def make_deriver(
     )
     return Deriver(
         policy,
-        SequenceCounter(lambda stem: 0, max_entries=1000, idle_seconds=3600.0),
+        SequenceCounter(max_entries=1000, idle_seconds=3600.0),
         SegmentNames(max_entries=1000, idle_seconds=3600.0),
     )
 

@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
+from tap_emulator.config import Settings
 from tap_emulator.derive.naming import NameFormat
-from tap_emulator.observe.metrics import Metrics
-from tap_emulator.write.pool import Publication, WriterPool
+from tap_emulator.testing import InProcessEmulator
+from tap_emulator.write.queue import Publication
 from tests.fuzz.decode_and_name import (
     Fed,
     Pipeline,
@@ -428,14 +429,12 @@ def test_corpus_names_published_for_real_stay_in_the_output_directory(tmp_path: 
         pipeline.close()
 
     async def publish() -> None:
-        pool = WriterPool(out, Metrics())
-        pool.open()
-        await pool.start()
-        for name, payload in planned:
-            stem, _, rest = name.rpartition("-")
-            await pool.put(Publication(stem, int(rest.removesuffix(".pb")), payload))
-        assert await pool.drain(30) == 0
-        await pool.close()
+        async with InProcessEmulator(Settings(output_dir=out, metrics_listen="")) as served:
+            queue = served.emulator.queue
+            for name, payload in planned:
+                stem, _, rest = name.rpartition("-")
+                await queue.put([Publication(stem, int(rest.removesuffix(".pb")), payload)])
+            assert await served.stop() == 0
 
     asyncio.run(publish())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["canary", "out"]

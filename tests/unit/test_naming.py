@@ -20,16 +20,16 @@ from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
 from tap_emulator.derive.deriver import Deriver, NamingPolicy
 from tap_emulator.derive.naming import (
     DEFAULT_TRACE_ID_HEADERS,
-    Direction,
     Identity,
     NameFormat,
     ascii_lower,
     direction_from_tap_id,
-    file_name,
     namespace_from_node,
     parse_trace_id,
 )
 from tap_emulator.ingest.tapsink import identity_of
+from tap_emulator.labels import Direction
+from tap_emulator.layout import file_name, parse_file_name
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -97,7 +97,7 @@ def make_deriver(
     policy = NamingPolicy(name_format=name_format, trace_id_headers=trace_id_headers)
     return Deriver(
         policy,
-        SequenceCounter(lambda stem: 0, max_entries=10_000, idle_seconds=3600.0),
+        SequenceCounter(max_entries=10_000, idle_seconds=3600.0),
         SegmentNames(max_entries=10_000, idle_seconds=3600.0),
     )
 
@@ -179,6 +179,13 @@ def test_second_transaction_on_same_trace_gets_sequence_2() -> None:
 
 def test_file_name_joins_stem_sequence_and_suffix() -> None:
     assert file_name("example.com-abc", 7) == "example.com-abc-7.pb"
+
+
+def test_a_published_name_parses_back_and_other_names_do_not() -> None:
+    assert parse_file_name("example.com:8080-abc-req-12.pb") == ("example.com:8080-abc-req", 12)
+    assert parse_file_name(".tap-emulator-tmp-x-1-aa") is None
+    assert parse_file_name("notes.txt") is None
+    assert parse_file_name("-1.pb") is None
 
 
 # --- direction --------------------------------------------------------------------------

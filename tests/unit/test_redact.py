@@ -13,8 +13,9 @@ from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
 from tap_emulator.derive.deriver import Deriver, NamingPolicy
-from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, Direction, Identity
+from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, Identity
 from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS, REDACTED, redact_trace
+from tap_emulator.labels import Direction
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -237,7 +238,7 @@ def test_a_configured_list_replaces_the_default_one() -> None:
 def test_deriver_writes_the_redacted_payload_and_counts_it() -> None:
     deriver = Deriver(
         NamingPolicy(trace_id_headers=DEFAULT_TRACE_ID_HEADERS, redact_headers=DEFAULT),
-        SequenceCounter(lambda stem: 0, 100, 60.0),
+        SequenceCounter(100, 60.0),
         SegmentNames(100, 60.0),
     )
     request = StreamTapsRequest(trace_id=7)

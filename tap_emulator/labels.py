@@ -1,0 +1,84 @@
+"""Contract: the closed sets the rooms report in, each once; metric label values come from here.
+
+A member added here becomes a label value of its metric at once (observe/metrics.py builds its
+label sets from these enums), so a new outcome or reason can never meet a missing series.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Direction(StrEnum):
+    """Which side of the proxy a tap sits on; it decides what prefixes a file name."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class Source(StrEnum):
+    """Which gRPC service a trace came in through."""
+
+    TAP = "tap"  # envoy.service.tap.v3.TapSinkService/StreamTaps
+    EXT_PROC = "ext_proc"  # envoy.service.ext_proc.v3.ExternalProcessor/Process
+
+
+class TraceKind(StrEnum):
+    """What a message carried."""
+
+    BUFFERED = "buffered"
+    STREAMED_SEGMENT = "streamed_segment"
+    SOCKET = "socket"
+    OTHER = "other"
+    NONE = "none"
+
+
+FALLBACK_KINDS = (TraceKind.SOCKET, TraceKind.OTHER)
+"""The kinds written under a fallback name (socket-trace-..., empty-trace-...)."""
+
+
+class StreamOutcome(StrEnum):
+    """How a stream ended."""
+
+    OK = "ok"
+    CANCELLED = "cancelled"  # by the sender or the transport
+    INVALID_ARGUMENT = "invalid_argument"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    DATA_LOSS = "data_loss"  # files were dropped (on_write_error: drop)
+    INTERNAL = "internal"
+    SHUTDOWN = "shutdown"  # ended by the drain
+    IDLE = "idle"  # ended after stream_idle_timeout_seconds without a trace
+
+
+class RejectReason(StrEnum):
+    """Why a message or a stream was refused."""
+
+    DECODE = "decode"
+    TOO_LARGE = "too_large"
+    TOO_MANY_HEADERS = "too_many_headers"
+    IDENTITY_TOO_LONG = "identity_too_long"
+    STREAM_LIMIT = "stream_limit"  # no stream slot left, in all
+    PEER_LIMIT = "peer_limit"  # the peer holds its share of slots
+
+
+class WriteErrorReason(StrEnum):
+    """Why a file could not be published (from its errno)."""
+
+    ENOSPC = "enospc"
+    EDQUOT = "edquot"
+    EFBIG = "efbig"
+    EIO = "eio"
+    EROFS = "erofs"
+    EACCES = "eacces"
+    ENAMETOOLONG = "enametoolong"
+    EMFILE = "emfile"  # out of file descriptors, this process's or the system's
+    EISDIR = "eisdir"
+    OTHER = "other"
+
+
+class TransactionDrop(StrEnum):
+    """Why a whole transaction from a source that never waits was not written."""
+
+    QUEUE_FULL = "queue_full"
+    ASSEMBLY_FULL = "assembly_full"
+    SHUTDOWN = "shutdown"
