@@ -34,6 +34,8 @@ from tap_emulator import __version__
 from tap_emulator.config import ConfigError, Settings
 from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
 from tap_emulator.derive.deriver import Deriver, NamingPolicy
+from tap_emulator.ingest.extproc import SERVICE as EXTPROC_SERVICE
+from tap_emulator.ingest.extproc import ExtProcessor, ExtProcLimits
 from tap_emulator.ingest.handoff import Handoff
 from tap_emulator.ingest.streams import StreamLimits, StreamRegistry
 from tap_emulator.ingest.tapsink import SERVICE as TAP_SERVICE
@@ -133,6 +135,7 @@ class Emulator:
     ledger: RetentionLedger | None
     registry: StreamRegistry
     sink: TapSink
+    processor: ExtProcessor
     readiness: Readiness
     grpc_health: GrpcHealth
     http: HttpEndpoint
@@ -222,6 +225,19 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         settings.default_direction,
         TapSinkLimits(settings.max_message_bytes, settings.stream_idle_timeout_seconds, budget),
     )
+    processor = ExtProcessor(
+        handoff,
+        queue,
+        registry,
+        metrics,
+        settings.default_direction,
+        ExtProcLimits(
+            settings.max_message_bytes,
+            settings.extproc_max_body_bytes,
+            settings.extproc_assembly_max_bytes,
+            budget,
+        ),
+    )
     readiness = Readiness(
         _labelled("output directory", watch.problem),
         _labelled("writers cannot publish", pool.problem),
@@ -237,8 +253,9 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         ledger=ledger,
         registry=registry,
         sink=sink,
+        processor=processor,
         readiness=readiness,
-        grpc_health=GrpcHealth((TAP_SERVICE,)),
+        grpc_health=GrpcHealth((TAP_SERVICE, EXTPROC_SERVICE)),
         http=HttpEndpoint(metrics, readiness),
     )
 
@@ -310,7 +327,9 @@ async def start(emulator: Emulator) -> None:
     emulator.watch.start()
 
     server = grpc.aio.server(options=grpc_server_options(settings))
-    server.add_generic_rpc_handlers([emulator.sink.rpc_handler()])
+    server.add_generic_rpc_handlers(
+        [emulator.sink.rpc_handler(), emulator.processor.rpc_handler()]
+    )
     health_pb2_grpc.add_HealthServicer_to_server(emulator.grpc_health, server)
     credentials = server_credentials(settings)
     address = _grpc_address(host, port)
@@ -384,6 +403,7 @@ async def stop(emulator: Emulator) -> int:
     totals = (
         f"accepted {emulator.sink.accepted} messages, published {emulator.pool.published} files"
         + (f", dropped {emulator.pool.dropped}" if emulator.pool.dropped else "")
+        + f" (ext_proc: {emulator.processor.accepted} transactions)"
     )
     if unwritten:
         log.error(

@@ -46,6 +46,7 @@ class StreamOutcome(StrEnum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     DATA_LOSS = "data_loss"  # files were dropped (on_write_error: drop)
     INTERNAL = "internal"
+    UNFINISHED = "unfinished"  # ext_proc: the stream ended before its transaction's last part
     SHUTDOWN = "shutdown"  # ended by the drain
     IDLE = "idle"  # ended after stream_idle_timeout_seconds without a trace
 
@@ -77,8 +78,22 @@ class WriteErrorReason(StrEnum):
 
 
 class TransactionDrop(StrEnum):
-    """Why a whole transaction from a source that never waits was not written."""
+    """Why a whole ext_proc transaction was not written (that source never waits)."""
 
-    QUEUE_FULL = "queue_full"
-    ASSEMBLY_FULL = "assembly_full"
-    SHUTDOWN = "shutdown"
+    QUEUE_FULL = "queue_full"  # no room in the writers' queue
+    ASSEMBLY_FULL = "assembly_full"  # extproc_assembly_max_bytes held by other transactions
+    SHUTDOWN = "shutdown"  # the server stopped with no room left to write it
+
+
+class TransactionOutcome(StrEnum):
+    """How a written ext_proc transaction ended."""
+
+    COMPLETE = "complete"  # its response's last message arrived
+    INCOMPLETE = "incomplete"  # the stream ended first: aborted, or given up by Envoy
+
+
+class BodyHalf(StrEnum):
+    """Which body of a transaction (a label: which one was cut)."""
+
+    REQUEST = "request"
+    RESPONSE = "response"

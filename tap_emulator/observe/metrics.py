@@ -30,11 +30,14 @@ from prometheus_client.registry import Collector
 from tap_emulator import __version__
 from tap_emulator.labels import (
     FALLBACK_KINDS,
+    BodyHalf,
     Direction,
     RejectReason,
     Source,
     StreamOutcome,
     TraceKind,
+    TransactionDrop,
+    TransactionOutcome,
     WriteErrorReason,
 )
 
@@ -292,6 +295,42 @@ class Metrics:
         self.retained_files = Gauge(
             f"{PREFIX}_retained_files",
             "The emulator's files in the output directory (when retention is on)",
+            registry=r,
+        )
+
+        # --- ext_proc transactions --------------------------------------------------------
+        written = Counter(
+            f"{PREFIX}_extproc_transactions",
+            "ext_proc transactions handed to the writers, by outcome (incomplete: the stream "
+            "ended before the response's last part: an aborted transaction, or one Envoy gave up)",
+            ["outcome"],
+            registry=r,
+        )
+        self.extproc_transactions = {o: written.labels(o) for o in TransactionOutcome}
+        dropped_transactions = Counter(
+            f"{PREFIX}_extproc_transactions_dropped",
+            "ext_proc transactions not written, by reason (the proxies are never held back)",
+            ["reason"],
+            registry=r,
+        )
+        self.extproc_dropped = {
+            reason: dropped_transactions.labels(reason) for reason in TransactionDrop
+        }
+        truncated = Counter(
+            f"{PREFIX}_extproc_bodies_truncated",
+            "ext_proc bodies cut at their capture point's (or extproc_max_body_bytes') limit",
+            ["half"],
+            registry=r,
+        )
+        self.extproc_truncated = {half: truncated.labels(half) for half in BodyHalf}
+        self.extproc_assembly_bytes = Gauge(
+            f"{PREFIX}_extproc_assembly_bytes",
+            "Body bytes held for ext_proc transactions still being assembled",
+            registry=r,
+        )
+        self.extproc_assembly_capacity_bytes = Gauge(
+            f"{PREFIX}_extproc_assembly_capacity_bytes",
+            "Bound of the body bytes held for ext_proc transactions (extproc_assembly_max_bytes)",
             registry=r,
         )
 

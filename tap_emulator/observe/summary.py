@@ -22,7 +22,7 @@ _COUNTED = {
     "files": "tap_emulator_files_written_total",
     "bytes": "tap_emulator_written_bytes_total",
     "dropped_files": "tap_emulator_files_dropped_total",
-    "dropped_transactions": "tap_emulator_transactions_dropped_total",
+    "dropped_transactions": "tap_emulator_extproc_transactions_dropped_total",
     "refused_streams": "tap_emulator_streams_refused_total",
 }
 
