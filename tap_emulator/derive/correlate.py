@@ -8,6 +8,7 @@ entry is forgotten after `idle_seconds` without use, or sooner when `max_entries
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from tap_emulator.bounded import BoundedLru, Clock, Evictions
@@ -51,10 +52,15 @@ SegmentKey = tuple[int, int]
 
 
 class SegmentNames:
-    """Remembers each streamed transaction's name until it goes idle or its stream ends."""
+    """Remembers each streamed transaction's name until it goes idle or its stream ends.
+
+    When the table is full, a stream that holds more than its fair share (the bound divided by
+    the streams that hold entries) makes room by forgetting its own oldest entry, not another
+    stream's: one proxy's churn never renames the files of another's transactions."""
 
     def __init__(self, max_entries: int, idle_seconds: float, clock: Clock = time.monotonic):
-        self._by_stream: dict[int, set[int]] = {}
+        self._max_entries = max_entries
+        self._by_stream: dict[int, OrderedDict[int, None]] = {}
         self._names: BoundedLru[SegmentKey, TraceName] = BoundedLru(
             max_entries, idle_seconds, clock, on_evict=self._unindex
         )
@@ -70,9 +76,22 @@ class SegmentNames:
         return self._names.get((stream, trace_id))
 
     def remember(self, stream: int, trace_id: int, name: TraceName) -> None:
+        own = self._by_stream.get(stream)
+        if (
+            own
+            and trace_id not in own
+            and len(self._names) >= self._max_entries
+            and len(own) * len(self._by_stream) >= self._max_entries
+        ):
+            oldest = next(iter(own))
+            del own[oldest]
+            self._names.pop((stream, oldest))
+            self._names.evictions.capacity += 1
         # put() may first forget an idle entry for this very key; index after it, not before.
         self._names.put((stream, trace_id), name)
-        self._by_stream.setdefault(stream, set()).add(trace_id)
+        traces = self._by_stream.setdefault(stream, OrderedDict())
+        traces[trace_id] = None
+        traces.move_to_end(trace_id)
 
     def forget_stream(self, stream: int) -> None:
         """Drop every name a finished stream taught us (not counted as an eviction)."""
@@ -83,6 +102,6 @@ class SegmentNames:
         stream, trace_id = key
         traces = self._by_stream.get(stream)
         if traces is not None:
-            traces.discard(trace_id)
+            traces.pop(trace_id, None)
             if not traces:
                 del self._by_stream[stream]

@@ -332,6 +332,27 @@ def test_forget_stream_removes_a_name_remembered_again_after_it_went_idle() -> N
     assert len(names) == 0
 
 
+def test_one_streams_churn_does_not_evict_another_streams_names() -> None:
+    """Many segments on one stream (the red team sent 101,000) used to push out a quiet stream's transaction, whose
+    next segment was then written under another name."""
+    names = SegmentNames(100, 600, clock=FakeClock())
+    names.remember(1, 7, name("quiet"))
+    for trace_id in range(20_000):
+        names.remember(2, trace_id, name("busy"))
+    assert names.get(1, 7) == name("quiet")
+    assert len(names) <= 100
+    assert names.get(2, 19_999) == name("busy")
+
+
+def test_a_stream_within_its_share_still_evicts_the_oldest_in_all() -> None:
+    names = SegmentNames(4, 600, clock=FakeClock())
+    for stream in range(1, 5):
+        names.remember(stream, 1, name(str(stream)))
+    names.remember(5, 1, name("5"))  # holds nothing yet: the globally oldest goes
+    assert names.get(1, 1) is None
+    assert [names.get(s, 1) for s in range(2, 6)] == [name(str(s)) for s in range(2, 6)]
+
+
 # --- model-based ------------------------------------------------------------------------
 
 CAP = 4
