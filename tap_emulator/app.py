@@ -327,9 +327,7 @@ async def start(emulator: Emulator) -> None:
     emulator.watch.start()
 
     server = grpc.aio.server(options=grpc_server_options(settings))
-    server.add_generic_rpc_handlers(
-        [emulator.sink.rpc_handler(), emulator.processor.rpc_handler()]
-    )
+    server.add_generic_rpc_handlers([emulator.sink.rpc_handler(), emulator.processor.rpc_handler()])
     health_pb2_grpc.add_HealthServicer_to_server(emulator.grpc_health, server)
     credentials = server_credentials(settings)
     address = _grpc_address(host, port)

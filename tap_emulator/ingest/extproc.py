@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -178,8 +178,9 @@ class ExtProcessor:
             context.invocation_metadata() or (), max_body_bytes=self._limits.max_body_bytes
         )
         # Envoy's ext_proc has no numeric id for a transaction: a random one stands in where a
-        # tap would use Envoy's stream id (in a file name only when no header gives a trace id).
-        assembly = Assembly(point, tracer, secrets.randbits(63))
+        # tap would use Envoy's stream id (in a file name only when no header gives a trace id;
+        # it needs to be unique, not secret).
+        assembly = Assembly(point, tracer, random.getrandbits(63))
         direction = direction_from_tap_id(point.tap_id)
         identity = Identity(direction or self._default_direction, direction is not None, None)
         return _Transaction(assembly, identity, stream.number)
@@ -192,26 +193,29 @@ class ExtProcessor:
         requests: AsyncIterator[bytes],
     ) -> StreamOutcome:
         assembly = transaction.assembly
-        index = 0
-        async for raw in requests:
-            index += 1
-            request = self._decode(raw, index)
-            stream.active()
-            held_before = assembly.held_bytes
-            had_proxy = assembly.proxy is not None
-            pieces = assembly.add(request, time.time())
-            if not had_proxy:
-                self._learn_identity(transaction, peer)
-            self._metrics.received_bytes[Source.EXT_PROC].inc(len(raw))
-            if transaction.dropped is None:
-                if pieces:
-                    self._hand_over(transaction, pieces, len(raw))
-                elif assembly.held_bytes > held_before:
-                    self._hold(transaction, assembly.held_bytes - held_before)
-            if assembly.complete:
-                self._conclude(transaction, TransactionDrop.QUEUE_FULL)
-                return StreamOutcome.OK
-        return StreamOutcome.UNFINISHED
+        index = received_bytes = 0
+        try:
+            async for raw in requests:
+                index += 1
+                received_bytes += len(raw)
+                request = self._decode(raw, index)
+                stream.active()
+                held_before = assembly.held_bytes
+                had_proxy = assembly.proxy is not None
+                pieces = assembly.add(request, time.time())
+                if not had_proxy:
+                    self._learn_identity(transaction, peer, index == 1)
+                if transaction.dropped is None:
+                    if pieces:
+                        self._hand_over(transaction, pieces, len(raw))
+                    elif assembly.held_bytes > held_before:
+                        self._hold(transaction, assembly.held_bytes - held_before)
+                if assembly.complete:
+                    self._conclude(transaction, TransactionDrop.QUEUE_FULL)
+                    return StreamOutcome.OK
+            return StreamOutcome.UNFINISHED
+        finally:
+            self._metrics.received_bytes[Source.EXT_PROC].inc(received_bytes)
 
     def _decode(self, raw: bytes, index: int) -> ProcessingRequest:
         limit = self._limits.max_message_bytes
@@ -239,15 +243,18 @@ class ExtProcessor:
                 f"ProcessingRequest ({exc})",
             ) from exc
 
-    def _learn_identity(self, transaction: _Transaction, peer: str) -> None:
-        """Who sent the stream: its attributes, or else the proxy last seen on its connection."""
+    def _learn_identity(self, transaction: _Transaction, peer: str, first: bool) -> None:
+        """Who sent the stream: its attributes, or else (asked once, at its first message)
+        the proxy last seen on its connection."""
         proxy = transaction.assembly.proxy
         if proxy is not None:
             self._proxies.put(peer, proxy)
-        else:
+        elif first:
             proxy = self._proxies.get(peer)
             if proxy is None:
                 return
+        else:
+            return
         identity = transaction.identity
         direction, known = identity.direction, identity.direction_known
         if not known and proxy.listener_direction is not None:

@@ -23,6 +23,7 @@ Nothing here does I/O; the gRPC handler (extproc.py) feeds it and decides what t
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -90,10 +91,6 @@ class Proxy:
     listener_direction: Direction | None = None
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 def _flag(value: str | None, default: bool) -> bool:
     if value is None:
         return default
@@ -109,26 +106,45 @@ def _size(value: str | None, default: int, cap: int) -> int:
         return min(default, cap)
 
 
+@functools.lru_cache(maxsize=256)  # a capture point's metadata is static: a few per proxy
+def _capture_point(wishes: tuple[str | None, ...], max_body_bytes: int) -> CapturePoint:
+    tap_id, streaming, max_rx, max_tx, record_times, record_connection = wishes
+    return CapturePoint(
+        tap_id=tap_id or "",
+        streaming=_flag(streaming, False),
+        max_request_body_bytes=_size(max_rx, 1024 * 1024, max_body_bytes),
+        max_response_body_bytes=_size(max_tx, 1024 * 1024, max_body_bytes),
+        record_headers_received_time=_flag(record_times, False),
+        record_downstream_connection=_flag(record_connection, False),
+    )
+
+
 def read_metadata(
     pairs: Iterable[tuple[str, str | bytes]], *, max_body_bytes: int
 ) -> tuple[CapturePoint, Tracer]:
     """The capture point's wishes and the tracer's context, from a stream's gRPC metadata.
 
     Anything absent or malformed takes its default; body limits never exceed `max_body_bytes`.
+    gRPC hands keys over in lowercase, and values as text for every key not ending in `-bin`
+    (the only kind read here); a key given twice keeps its last value.
     """
-    found: dict[str, str] = {}
-    for key, value in pairs:
-        found.setdefault(key.lower(), _text(value))
-    point = CapturePoint(
-        tap_id=found.get(TAP_ID, ""),
-        streaming=_flag(found.get(STREAMING), False),
-        max_request_body_bytes=_size(found.get(MAX_RX_BYTES), 1024 * 1024, max_body_bytes),
-        max_response_body_bytes=_size(found.get(MAX_TX_BYTES), 1024 * 1024, max_body_bytes),
-        record_headers_received_time=_flag(found.get(RECORD_TIMES), False),
-        record_downstream_connection=_flag(found.get(RECORD_CONNECTION), False),
+    get = dict(pairs).get
+    wishes = (
+        get(TAP_ID),
+        get(STREAMING),
+        get(MAX_RX_BYTES),
+        get(MAX_TX_BYTES),
+        get(RECORD_TIMES),
+        get(RECORD_CONNECTION),
     )
-    tracer = Tracer(found.get(_B3_TRACE_ID), found.get(_B3_PARENT), found.get(_B3_SAMPLED))
-    return point, tracer
+    tracer = Tracer(_str(get(_B3_TRACE_ID)), _str(get(_B3_PARENT)), _str(get(_B3_SAMPLED)))
+    return _capture_point(tuple(map(_str, wishes)), max_body_bytes), tracer
+
+
+def _str(value: str | bytes | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.decode("utf-8", "replace")
 
 
 def _attributes(request: ProcessingRequest) -> Struct | None:
@@ -229,10 +245,11 @@ class Assembly:
         """Take one message; returns the segments to write now (streaming capture points), as
         the StreamTapsRequests a tap sink would have received, or nothing (buffered: the whole
         trace comes from `buffered_trace` at the end)."""
-        attributes = _attributes(request)
-        if attributes is not None and self._attributes is None:
-            self._attributes = attributes
-            self.proxy = proxy_from(attributes)
+        if self._attributes is None:  # they come once, with the first request-side message
+            attributes = _attributes(request)
+            if attributes is not None:
+                self._attributes = attributes
+                self.proxy = proxy_from(attributes)
         part = request.WhichOneof("request")
         if part is None:
             return []
