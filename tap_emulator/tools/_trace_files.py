@@ -21,7 +21,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
-from tap_emulator.tools._json_stream import JsonObjectSplitter
+from tap_emulator.captures.json_objects import JsonObjectSplitter
 
 SUFFIXES = (".pb", ".pb_length_delimited", ".json", ".pb_text")
 _LENGTH_DELIMITED_WIRE_TYPE = 2

@@ -591,7 +591,7 @@ class Relay:
 
     async def _read_envoy(self) -> None:
         from tap_emulator.tools._envoy_admin import AdminError, TapRefusedError, attach_tap
-        from tap_emulator.tools._json_stream import JsonObjectSplitter
+        from tap_emulator.captures.json_objects import JsonObjectSplitter
 
         config = self.config
         splitter = JsonObjectSplitter(config.max_trace_bytes)
