@@ -123,9 +123,10 @@ def _json_traces(data: bytes) -> list[bytes]:
     return traces
 
 
-def split_traces(name: str, data: bytes) -> list[bytes]:
-    """The serialized TraceWrappers in a file called `name` holding `data`, in file order."""
-    suffix = suffix_of(name)
+def split_traces(name: str, data: bytes, default_suffix: str | None = None) -> list[bytes]:
+    """The serialized TraceWrappers in a file called `name` holding `data`, in file order;
+    a name without a known suffix is read as `default_suffix` if one is given."""
+    suffix = suffix_of(name) or default_suffix
     try:
         if suffix == LENGTH_DELIMITED:
             return [_one_trace(raw) for raw in split_length_delimited(data)]
