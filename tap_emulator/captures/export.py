@@ -247,9 +247,12 @@ def _pcap_comment(exchange: Exchange, protocol: str, rewrites: list[str], real: 
 class PcapExport:
     """Writes transactions to a pcapng file as they come, one TCP connection each."""
 
-    def __init__(self, out: BinaryIO, placeholder_addresses: bool = False) -> None:
+    def __init__(
+        self, out: BinaryIO, placeholder_addresses: bool = False, http_version: str = "auto"
+    ) -> None:
         self._writer = PcapngWriter(out, f"tap-emulator {__version__}")
         self._placeholders = placeholder_addresses
+        self._version = http_version
         self.connections = 0
         # Server ports of HTTP/2 connections that Wireshark does not take for HTTP by itself.
         self.http2_ports: set[int] = set()
@@ -264,7 +267,7 @@ class PcapExport:
     def write(self, exchange: Exchange) -> None:
         self.connections += 1
         number = self.connections
-        talk = conversation(exchange)
+        talk = conversation(exchange, self._version)
         client, server = _endpoints(exchange, number, self._placeholders)
         real = client[0] != PLACEHOLDER_CLIENT
         needs_decode_as = talk.protocol == "HTTP/2" and server[1] not in WIRESHARK_HTTP_PORTS

@@ -128,6 +128,8 @@ class Transaction:
         shown["complete"] = self.complete
         shown["envoy_trace_id"] = self.envoy_trace_id_hex
         shown["missing"] = [str(item) for item in self.missing]
+        shown["redacted_headers"] = list(self.redacted_headers)
+        shown["sequence_gaps"] = [asdict(gap) for gap in self.sequence_gaps]
         shown["files"] = list(self.files)
         shown["pieces"] = [
             {"file": p.source, "index": p.index, "kind": str(p.kind), "sequence": p.sequence}

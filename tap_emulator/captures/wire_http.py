@@ -281,11 +281,16 @@ def _nonempty_index(message: HttpMessage, chunk: int) -> int | None:
     return sum(1 for c in message.chunks[:chunk] if c.data)
 
 
-def conversation(exchange: Exchange) -> Conversation:
-    """HTTP/2 where the transaction was HTTP/2 (gRPC), HTTP/1.1 otherwise."""
-    if exchange.transaction.http_version == "HTTP/2":
-        return h2_conversation(exchange)
-    talk = h1_conversation(exchange)
-    if exchange.transaction.http_version is None:
-        talk.rewrites.insert(0, "HTTP version not recorded; written as HTTP/1.1")
+def conversation(exchange: Exchange, version: str = "auto") -> Conversation:
+    """`version` auto: HTTP/2 where the transaction was HTTP/2 (gRPC), HTTP/1.1 otherwise;
+    `2` or `1.1`: that one whatever was recorded."""
+    recorded = exchange.transaction.http_version
+    if version == "2" or (version == "auto" and recorded == "HTTP/2"):
+        talk = h2_conversation(exchange)
+    else:
+        talk = h1_conversation(exchange)
+    if recorded is None:
+        talk.rewrites.insert(0, f"HTTP version not recorded; written as {talk.protocol}")
+    elif recorded != talk.protocol:
+        talk.rewrites.insert(0, f"recorded as {recorded}; written as {talk.protocol}")
     return talk

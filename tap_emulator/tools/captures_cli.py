@@ -95,6 +95,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="use documentation addresses (server port 80) even where addresses were "
         "recorded, so that Wireshark needs no Decode As for HTTP/2",
     )
+    pcap.add_argument(
+        "--http-version",
+        choices=("auto", "1.1", "2"),
+        default="auto",
+        help="auto (default): HTTP/2 where recorded as such (gRPC), else HTTP/1.1",
+    )
     pcap.set_defaults(run=run_export_pcap)
 
 
@@ -257,7 +263,11 @@ def run_export_pcap(args: argparse.Namespace) -> int:
         run = _Run(args, "export pcap")
         try:
             with args.output.open("wb") as out:
-                export = PcapExport(out, placeholder_addresses=args.placeholder_addresses)
+                export = PcapExport(
+                    out,
+                    placeholder_addresses=args.placeholder_addresses,
+                    http_version=args.http_version,
+                )
                 for transaction in run.transactions():
                     export.add(transaction)
         except OSError as exc:
