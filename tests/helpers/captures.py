@@ -3,7 +3,6 @@ generated code, and the real Envoy vectors cut into the emulator's one-file-per-
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 

@@ -158,7 +158,7 @@ def test_req_res_streamed_pieces_join_across_the_two_counters() -> None:
     updates = [t for name, data in files for t in assembler.feed(name, data)]
 
     assert updates[-1].final and updates[-1].complete
-    assert [p.kind.value for p in updates[-1].pieces][0] == "request_headers"
+    assert updates[-1].pieces[0].kind.value == "request_headers"
 
 
 @pytest.mark.parametrize(
