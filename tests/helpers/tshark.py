@@ -58,6 +58,9 @@ def fields(
     for line in done.stdout.splitlines():
         cells = line.split("\t")
         packets.append(
-            {name: cell.split(AGGREGATOR) if cell else [] for name, cell in zip(names, cells)}
+            {
+                name: cell.split(AGGREGATOR) if cell else []
+                for name, cell in zip(names, cells, strict=True)
+            }
         )
     return packets

@@ -101,7 +101,9 @@ def test_grpc_over_http2_dissects_headers_messages_and_trailers(tshark: str, cap
     names = ["tcp.stream", "http2.header.name", "http2.header.value", "grpc.message_data"]
     packets = fields(tshark, str(capture), "http2.type == 1 or grpc", names, DECODE_AS_HTTP)
 
-    headers = [dict(zip(p["http2.header.name"], p["http2.header.value"])) for p in packets]
+    headers = [
+        dict(zip(p["http2.header.name"], p["http2.header.value"], strict=True)) for p in packets
+    ]
     paths = [h[":path"] for h in headers if ":path" in h]
     assert paths == ["/demo.Echo/Unary", "/demo.Echo/Bidi"]
     assert [h["grpc-status"] for h in headers if "grpc-status" in h] == ["0", "0"]
@@ -131,7 +133,9 @@ def test_plain_http2_when_asked_and_the_comment_names_the_files(
     names = ["http2.header.name", "http2.header.value", "http2.data.data", "frame.comment"]
     packets = fields(tshark, str(capture), "http2 or frame.comment", names, DECODE_AS_HTTP)
 
-    headers = [dict(zip(p["http2.header.name"], p["http2.header.value"])) for p in packets]
+    headers = [
+        dict(zip(p["http2.header.name"], p["http2.header.value"], strict=True)) for p in packets
+    ]
     assert any(h.get(":method") == "GET" and h.get(":path") == "/get" for h in headers)
     assert any(h.get(":status") == "200" for h in headers)
     body = b"".join(bytes.fromhex(v) for p in packets for v in p["http2.data.data"])
