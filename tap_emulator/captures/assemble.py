@@ -27,12 +27,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
 from tap_emulator._proto.envoy.config.core.v3.address_pb2 import Address
 from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from tap_emulator._proto.envoy.data.tap.v3.common_pb2 import Body, Connection
 from tap_emulator._proto.envoy.data.tap.v3.http_pb2 import HttpBufferedTrace
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
-from tap_emulator.captures.formats import split_traces
+from tap_emulator.captures.formats import TraceFileError, split_traces
 from tap_emulator.captures.model import Missing, PieceKind, PieceRef, SequenceGap, Transaction
 from tap_emulator.captures.names import (
     EmulatorName,
@@ -384,10 +386,16 @@ class Assembler:
     """Feed trace files in; get back the transactions each file completes or updates."""
 
     def __init__(
-        self, max_open: int = DEFAULT_MAX_OPEN, max_open_pieces: int = DEFAULT_MAX_OPEN_PIECES
+        self,
+        max_open: int = DEFAULT_MAX_OPEN,
+        max_open_pieces: int = DEFAULT_MAX_OPEN_PIECES,
+        report_open: bool = True,
     ) -> None:
+        """`report_open`: also return the records of transactions still open (a live index
+        wants them; a reader that prints only final records saves their making)."""
         if max_open < 1 or max_open_pieces < 1:
             raise ValueError("max_open and max_open_pieces must be at least 1")
+        self.report_open = report_open
         self.max_open = max_open
         self.max_open_pieces = max_open_pieces
         self._open: OrderedDict[str, _Open] = OrderedDict()
@@ -410,15 +418,19 @@ class Assembler:
         """Take in one file (`name`: its path or name; `source`: what records call it,
         `name` by default). Raises TraceFileError if it is not a trace file."""
         base_name = name.rpartition(os.sep)[2]
-        traces = split_traces(name, data)
+        traces = split_traces(name, data, parse_check=False)
+        try:
+            parsed = [TraceWrapper.FromString(raw) for raw in traces]
+        except DecodeError as exc:
+            raise TraceFileError(f"{name}: not a trace file: {exc}") from exc
         self.files += 1
         self.traces += len(traces)
         where = source or name
         emulator = parse_emulator_name(base_name)
         if emulator is not None and len(traces) == 1:
-            results = self._emulator_piece(emulator, traces[0], where, mtime)
+            results = self._emulator_piece(emulator, parsed[0], where, mtime)
         else:
-            results = self._envoy_file(base_name, traces, where, mtime)
+            results = self._envoy_file(base_name, parsed, where, mtime)
         results.extend(self._evict_over_bounds())
         return results
 
@@ -431,12 +443,11 @@ class Assembler:
     # --- Envoy's file_per_tap files: whole in themselves ---------------------------------
 
     def _envoy_file(
-        self, name: str, traces: list[bytes], where: str, mtime: float | None
+        self, name: str, traces: list[TraceWrapper], where: str, mtime: float | None
     ) -> list[Transaction]:
         named_id = _ENVOY_NAME_ID.search(name.split(".", 1)[0])
         found: dict[str, _Open] = {}
-        for index, raw in enumerate(traces):
-            trace = TraceWrapper.FromString(raw)
+        for index, trace in enumerate(traces):
             kind = trace.WhichOneof("trace")
             if kind == "http_buffered_trace":
                 tx = _Open(key=f"{where}#{index}", origin="envoy", streamed=False)
@@ -463,9 +474,8 @@ class Assembler:
     # --- the emulator's files: one piece each --------------------------------------------
 
     def _emulator_piece(
-        self, name: EmulatorName, raw: bytes, where: str, mtime: float | None
+        self, name: EmulatorName, trace: TraceWrapper, where: str, mtime: float | None
     ) -> list[Transaction]:
-        trace = TraceWrapper.FromString(raw)
         kind = trace.WhichOneof("trace")
         if kind == "http_streamed_trace_segment":
             return self._segment(name, trace, where, mtime)
@@ -514,7 +524,7 @@ class Assembler:
         if partner is not None:
             return [snapshot(tx, final=True)]
         self._open_pieces += 1
-        return [snapshot(tx, final=False)]
+        return self._still_open(tx)
 
     def _nearest_partner(self, keys: list[str], kind: PieceKind, sequence: int) -> str | None:
         best: tuple[int, str] | None = None
@@ -552,7 +562,10 @@ class Assembler:
         self._stems[name.stem].add(name.sequence)
         if self._proven_whole(tx):
             return [self._finish(key)]
-        return [snapshot(tx, final=False)]
+        return self._still_open(tx)
+
+    def _still_open(self, tx: _Open) -> list[Transaction]:
+        return [snapshot(tx, final=False)] if self.report_open else []
 
     def _proven_whole(self, tx: _Open) -> bool:
         """Request headers through response trailers, every number between them its own."""

@@ -91,11 +91,12 @@ def split_length_delimited(data: bytes) -> list[bytes]:
     return messages
 
 
-def _one_trace(raw: bytes) -> bytes:
+def _one_trace(raw: bytes, parse_check: bool) -> bytes:
     """`raw` if it is a single TraceWrapper (exactly one length-delimited field)."""
     if len(split_top_level_fields(raw)) != 1:
         raise ValueError("a TraceWrapper holds exactly one trace")
-    TraceWrapper.FromString(raw)
+    if parse_check:
+        TraceWrapper.FromString(raw)
     return raw
 
 
@@ -123,16 +124,19 @@ def _json_traces(data: bytes) -> list[bytes]:
     return traces
 
 
-def split_traces(name: str, data: bytes, default_suffix: str | None = None) -> list[bytes]:
+def split_traces(
+    name: str, data: bytes, default_suffix: str | None = None, parse_check: bool = True
+) -> list[bytes]:
     """The serialized TraceWrappers in a file called `name` holding `data`, in file order;
-    a name without a known suffix is read as `default_suffix` if one is given."""
+    a name without a known suffix is read as `default_suffix` if one is given. Without
+    `parse_check` binary traces are only split, for a caller that parses them next."""
     suffix = suffix_of(name) or default_suffix
     try:
         if suffix == LENGTH_DELIMITED:
-            return [_one_trace(raw) for raw in split_length_delimited(data)]
+            return [_one_trace(raw, parse_check) for raw in split_length_delimited(data)]
         if suffix == BINARY:
             fields = split_top_level_fields(data)
-            for raw in fields:
+            for raw in fields if parse_check else ():
                 TraceWrapper.FromString(raw)
             return fields
         if suffix == JSON:

@@ -113,7 +113,7 @@ def read_transactions(
 ) -> Iterator[Transaction]:
     """The final record of every transaction under `paths`, as soon as it is final."""
     report = report if report is not None else ReadReport()
-    assembler = Assembler(max_open=max_open, max_open_pieces=max_open_pieces)
+    assembler = Assembler(max_open=max_open, max_open_pieces=max_open_pieces, report_open=False)
     for found in trace_files(paths, report):
         try:
             with open(found.path, "rb") as handle:
