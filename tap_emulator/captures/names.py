@@ -20,8 +20,8 @@ from tap_emulator.derive.naming import (
     safe_component,
 )
 from tap_emulator.derive.naming import TRACE_ID_BUDGET as _TRACE_ID_BUDGET
+from tap_emulator.layout import OUR_FILE
 
-_EMULATOR_NAME = re.compile(r"(?P<stem>.+)-(?P<seq>[0-9]{1,20})\.pb")
 _HALF_SUFFIXES = {"-" + Half.REQUEST.value: Half.REQUEST, "-" + Half.RESPONSE.value: Half.RESPONSE}
 # Shapes of trace ids, most specific first: UUID (x-request-id), 32 or 16 hex digits (b3,
 # W3C), then one dash-free token.
@@ -55,7 +55,7 @@ class StemParts:
 
 def parse_emulator_name(name: str) -> EmulatorName | None:
     """The parts of an emulator file name, or None if `name` is not shaped like one."""
-    match = _EMULATOR_NAME.fullmatch(name)
+    match = OUR_FILE.fullmatch(name)
     if match is None:
         return None
     stem = match["stem"]
@@ -64,7 +64,7 @@ def parse_emulator_name(name: str) -> EmulatorName | None:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             base, half = stem[: -len(suffix)], which
             break
-    return EmulatorName(stem=stem, base=base, half=half, sequence=int(match["seq"]))
+    return EmulatorName(stem=stem, base=base, half=half, sequence=int(match["sequence"]))
 
 
 def split_stem(base: str, header_trace_id: str | None) -> StemParts:
