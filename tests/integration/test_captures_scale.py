@@ -51,13 +51,25 @@ def make_capture(directory: Path, files: int) -> int:
     whole = buffered(request, [(":status", "200")], response_body=b"ok")
     opening = segment(7, "request_headers", headers=[*request, (":method", "POST")])
     answer = segment(7, "response_headers", headers=[(":status", "503")])
-    for number in range(files // 2):
-        (directory / f"{AUTHORITY}-{number:032x}-1.pb").write_bytes(whole)
-    for number in range(files // 4):
-        stem = f"{AUTHORITY}-f{number:031x}"
-        (directory / f"{stem}-1.pb").write_bytes(opening)
-        (directory / f"{stem}-2.pb").write_bytes(answer)
+    folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for number in range(files // 2):
+            _write(folder, f"{AUTHORITY}-{number:032x}-1.pb", whole)
+        for number in range(files // 4):
+            stem = f"{AUTHORITY}-f{number:031x}"
+            _write(folder, f"{stem}-1.pb", opening)
+            _write(folder, f"{stem}-2.pb", answer)
+    finally:
+        os.close(folder)
     return files // 2 + files // 4
+
+
+def _write(folder: int, name: str, data: bytes) -> None:
+    handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=folder)
+    try:
+        os.write(handle, data)
+    finally:
+        os.close(handle)
 
 
 def list_command(directory: Path) -> list[str]:
