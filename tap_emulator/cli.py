@@ -2,11 +2,13 @@
 place that exits the process.
 
     tap-emulator serve [--config FILE] [--<setting> VALUE ...]
-    tap-emulator inspect FILE...
+    tap-emulator inspect PATH...
+    tap-emulator list PATH... / show PATH... / export har|pcap PATH... -o FILE
     tap-emulator relay --envoy-admin URL --to HOST:PORT ...
     tap-emulator replay PATH... --to HOST:PORT ...
 
-relay and replay register their own subcommands (`register`) and run them (`main(args)`).
+list, show, export, relay and replay register their own subcommands (`register`) and run
+them (`args.run(args)`). Every command ends quietly when the reader of its output goes away.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +34,11 @@ from tap_emulator.config import (
     load_settings,
 )
 from tap_emulator.observe.logs import configure_logging
-from tap_emulator.tools import relay, replay
+from tap_emulator.tools import captures_cli, relay, replay
 from tap_emulator.write.publisher import OutputDirError
 
 EXIT_USAGE = 2
+EXIT_CLOSED_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -74,11 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
     _add_setting_flags(serve)
 
-    inspect = commands.add_parser("inspect", help="print .pb files as readable JSON")
-    inspect.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    inspect = commands.add_parser("inspect", help="print trace files as readable JSON")
+    inspect.add_argument("files", nargs="+", type=Path, metavar="PATH", help="files or directories")
     inspect.add_argument(
         "--compact", action="store_true", help="one JSON object per line instead of indented"
     )
+    captures_cli.register(commands)
     relay.register(commands)
     replay.register(commands)
     return parser
@@ -129,7 +135,17 @@ def _refuse_unknown(parser: argparse.ArgumentParser, command: str, extras: list[
     sub.error(f"unrecognized arguments: {' '.join(hints)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _stdout_reader_gone() -> bool:
+    """True if standard output is a pipe whose reader has closed it (`| head` is done)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
@@ -140,6 +156,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _inspect(args)
     status: int = args.run(args)
     return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a socket's, not ours to hide
+        # Whoever read our output has all they wanted: end quietly, as `cat` does when
+        # SIGPIPE ends it, and keep Python from complaining when it flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

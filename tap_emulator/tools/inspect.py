@@ -1,5 +1,9 @@
 """Print trace files as readable JSON: headers as lists, bodies as text where they are text,
-gRPC bodies split into their length-prefixed frames, everything else as base64."""
+gRPC bodies split into their length-prefixed frames, everything else as base64.
+
+Every trace of a file is printed, one JSON object each (`index` tells them apart where a
+file holds several: Envoy's streamed `.pb` and `.pb_length_delimited` files); directories
+are read like `list` reads them (twins once, the binary one)."""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError
 
 from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
+from tap_emulator.captures.formats import BINARY, TraceFileError, split_traces
+from tap_emulator.captures.reader import ReadReport, trace_files
 
 _GRPC_FRAME_HEADER_BYTES = 5
 _TEXT_CONTROLS = frozenset("\t\r\n")
@@ -88,25 +93,39 @@ def _readable(node: Any) -> Any:
     return node
 
 
-def describe(path: Path) -> dict[str, Any]:
-    """A file's trace as a JSON-ready dict (`error` instead when it cannot be read)."""
+def _shown(path: Path, raw: bytes, index: int | None = None) -> dict[str, Any]:
+    as_dict = MessageToDict(TraceWrapper.FromString(raw), preserving_proto_field_name=True)
+    shown: dict[str, Any] = {"file": str(path)}
+    if index is not None:
+        shown["index"] = index
+    shown["trace"] = _readable(as_dict)
+    return shown
+
+
+def describe(path: Path) -> list[dict[str, Any]]:
+    """Each trace of a file as a JSON-ready dict (one with `error` when it cannot be read)."""
     try:
-        trace = TraceWrapper.FromString(path.read_bytes())
+        traces = split_traces(str(path), path.read_bytes(), default_suffix=BINARY)
     except OSError as exc:
-        return {"file": str(path), "error": f"cannot read: {exc.strerror}"}
-    except DecodeError as exc:
-        return {"file": str(path), "error": f"not an envoy.data.tap.v3.TraceWrapper: {exc}"}
-    as_dict = MessageToDict(trace, preserving_proto_field_name=True)
-    return {"file": str(path), "trace": _readable(as_dict)}
+        return [{"file": str(path), "error": f"cannot read: {exc.strerror}"}]
+    except TraceFileError as exc:
+        return [{"file": str(path), "error": str(exc)}]
+    if len(traces) == 1:
+        return [_shown(path, traces[0])]
+    return [_shown(path, raw, index) for index, raw in enumerate(traces)]
 
 
 def inspect_files(paths: Iterable[Path], out: TextIO, *, compact: bool = False) -> int:
-    """Print each file; returns 1 if any could not be read, else 0."""
+    """Print each trace of each file (directories walked); 1 if any could not be read."""
     status = 0
-    for path in paths:
-        shown = describe(path)
-        if "error" in shown:
-            status = 1
-        out.write(json.dumps(shown, ensure_ascii=False, indent=None if compact else 2))
-        out.write("\n")
+    report = ReadReport()
+    for found in trace_files(paths, report):
+        for shown in describe(Path(found.path)):
+            if "error" in shown:
+                status = 1
+            out.write(json.dumps(shown, ensure_ascii=False, indent=None if compact else 2))
+            out.write("\n")
+    for complaint in report.unreadable:
+        status = 1
+        out.write(json.dumps({"error": complaint}, ensure_ascii=False) + "\n")
     return status

@@ -590,8 +590,8 @@ class Relay:
     # --- reading from Envoy ---------------------------------------------------------------
 
     async def _read_envoy(self) -> None:
+        from tap_emulator.captures.json_objects import JsonObjectSplitter
         from tap_emulator.tools._envoy_admin import AdminError, TapRefusedError, attach_tap
-        from tap_emulator.tools._json_stream import JsonObjectSplitter
 
         config = self.config
         splitter = JsonObjectSplitter(config.max_trace_bytes)

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tap_emulator.tools._json_stream import JsonObjectSplitter
+from tap_emulator.captures.json_objects import JsonObjectSplitter
 from tap_emulator.tools._trace_files import split_length_delimited
 from tap_emulator.tools.relay import (
     Item,

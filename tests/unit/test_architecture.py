@@ -51,6 +51,7 @@ NEVER = [
     *(("contract", room, "contracts import nothing of ours") for room in ALL - {"contract"}),
     *(("shared", room, "shared structures import nothing of ours") for room in ALL - {"shared"}),
     *(("captures", room, "the capture reader knows no server") for room in SERVER),
+    ("captures", "tools", "tools build on the capture reader, never the other way"),
 ]
 NO_GRPC_ROOMS = {"derive", "write", "captures", "contract", "shared"}
 

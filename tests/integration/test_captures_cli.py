@@ -1,0 +1,157 @@
+"""`list`, `show`, `export` and the fixed `inspect` and `replay`, as processes: on the real
+Envoy vectors, and on a real emulator's own output after replaying the vectors into it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tap_emulator.captures.exchange import load_exchange
+from tap_emulator.captures.reader import read_transactions
+from tests.helpers.captures import AUTHORITY, B3, PAIRED_CASES
+from tests.helpers.emulator import published
+from tests.helpers.paths import REPO
+
+CAPTURE_DIRS = ("buffered", "streamed", "streamed_raw")
+
+
+def command(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tap_emulator", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# --- list, show, export on the vectors --------------------------------------------------
+
+
+def test_list_shows_every_vector_transaction_exactly_once(vectors: Path) -> None:
+    run = command("list", *(vectors / name for name in CAPTURE_DIRS), "--format", "json")
+
+    assert run.returncode == 0, run.stderr
+    rows = json_lines(run.stdout)
+    files = [
+        str(path)
+        for name in CAPTURE_DIRS
+        for path in (vectors / name).iterdir()
+        if path.suffix in (".pb", ".pb_length_delimited")
+    ]
+    assert sorted(file for row in rows for file in row["files"]) == sorted(files)
+    assert len({row["key"] for row in rows}) == len(rows) == len(files)
+
+
+def test_list_prints_a_table_and_filters_by_status_trace_and_authority(vectors: Path) -> None:
+    table = command("list", vectors / "buffered", "--status", "4xx")
+    traced = command(
+        "list", vectors / "streamed", "--trace", "custom-trace-0001", "--format", "json"
+    )
+    by_authority = command("list", vectors / "buffered", "--authority", "grpc-backend.*")
+
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:3] == ["TIME", "(UTC)", "DIR"]
+    assert len(rows) == 4 and all(" 400 " in row and "no-request" in row for row in rows)
+    [row] = json_lines(traced.stdout)
+    assert row["path"] == "/get" and row["trace_id"] == "custom-trace-0001"
+    assert len(by_authority.stdout.splitlines()) == 1 + 9  # the nine gRPC vectors
+
+
+def test_list_sorts_by_time_when_asked(vectors: Path) -> None:
+    run = command("list", vectors / "buffered", "--sort", "time", "--format", "json")
+
+    times = [row["time"] for row in json_lines(run.stdout)]
+    assert times == sorted(times) and len(times) == 39
+
+
+def test_show_prints_one_transaction_by_its_trace_id(vectors: Path) -> None:
+    run = command("show", vectors / "streamed", "--trace", "custom-trace-0001")
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("=== GET httpbin-go-httpbin.httpbin-go-httpbin-1-56058.svc")
+    assert "> x-trace-id: custom-trace-0001" in run.stdout
+    assert "< 200 OK" in run.stdout
+
+
+def test_show_says_when_nothing_matched(vectors: Path) -> None:
+    run = command("show", vectors / "buffered", "--trace", "no-such-trace")
+
+    assert run.returncode == 1
+    assert "no transaction matched" in run.stderr
+
+
+def test_bad_arguments_are_named(vectors: Path) -> None:
+    run = command("list", vectors / "buffered", "--status", "6xx")
+
+    assert run.returncode == 2
+    assert "--status '6xx'" in run.stderr
+
+
+# --- the emulator's own output ----------------------------------------------------------
+
+
+def replay_into(emulator: Any, *paths: Path) -> None:
+    for path in paths:
+        run = command("replay", path, "--to", emulator.tap, "--json")
+        assert run.returncode == 0, run.stderr
+
+
+def test_the_emulators_output_lists_one_transaction_per_captured_request(
+    start_emulator: Any, vectors: Path
+) -> None:
+    emulator = start_emulator()
+    replay_into(emulator, vectors / "buffered", vectors / "streamed")
+    run = command("list", emulator.output_dir, "--format", "json")
+
+    assert run.returncode == 0, run.stderr
+    rows = json_lines(run.stdout)
+    files = published(emulator.output_dir)
+    assert sorted(file for row in rows for file in row["files"]) == sorted(
+        str(emulator.output_dir / name) for name in files
+    )
+    assert len(rows) == 2 * len(PAIRED_CASES)
+    shared = f"{AUTHORITY}-{B3}"
+    on_shared_stem = [r for r in rows if Path(r["files"][0]).name.startswith(shared + "-")]
+    assert len({r["envoy_trace_id"] for r in on_shared_stem if r["streamed"]}) > 10
+    assert all(r["direction"] == "inbound" for r in on_shared_stem)
+    rejected = [r for r in rows if r["status"] == 400]
+    assert len(rejected) == 8 and all(r["missing"] == ["request"] for r in rejected)
+
+
+def test_streamed_pieces_from_the_emulator_carry_the_bodies_of_envoys_file(
+    start_emulator: Any, vectors: Path
+) -> None:
+    emulator = start_emulator()
+    source = vectors / "streamed" / "grpc_bidi.pb_length_delimited"
+    replay_into(emulator, source)
+    [from_emulator] = list(read_transactions([emulator.output_dir]))
+    [from_envoy] = list(read_transactions([source]))
+    ours, envoys = load_exchange(from_emulator), load_exchange(from_envoy)
+
+    assert len(from_emulator.files) == len(from_envoy.pieces) == 9
+    assert ours.request.body == envoys.request.body
+    assert ours.response.body == envoys.response.body
+    assert from_emulator.grpc_status == 0 and from_emulator.complete
+    show = command("show", emulator.output_dir)
+    assert show.returncode == 0, show.stderr
+    assert '  1: "pong:c"' in show.stdout
+
+
+def test_req_res_halves_from_the_emulator_pair_up_again(start_emulator: Any, vectors: Path) -> None:
+    emulator = start_emulator("--name-format", "req_res")
+    replay_into(emulator, vectors / "buffered" / "h1_post_large_b3.pb")
+    [transaction] = list(read_transactions([emulator.output_dir]))
+
+    assert transaction.complete and len(transaction.files) == 2
+    assert {Path(f).name.rsplit("-", 2)[1] for f in transaction.files} == {"req", "res"}
+    assert transaction.request_body_bytes == transaction.response_body_bytes == 1024
