@@ -333,8 +333,8 @@ def test_forget_stream_removes_a_name_remembered_again_after_it_went_idle() -> N
 
 
 def test_one_streams_churn_does_not_evict_another_streams_names() -> None:
-    """Many segments on one stream (the red team sent 101,000) used to push out a quiet stream's transaction, whose
-    next segment was then written under another name."""
+    """Many segments on one stream (the red team sent 101,000) used to push out a quiet
+    stream's transaction, whose next segment was then written under another name."""
     names = SegmentNames(100, 600, clock=FakeClock())
     names.remember(1, 7, name("quiet"))
     for trace_id in range(20_000):
