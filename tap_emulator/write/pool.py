@@ -64,6 +64,8 @@ _LOOP_SLICE_SECONDS = 0.002
 _FAST_FILE_SECONDS = 40e-6
 _SLOW_FILE_SECONDS = 200e-6
 _RESTART_BACKOFF_SECONDS = 1.0
+# A batch that takes this long is waiting for a stuck disk: readiness says so.
+_STUCK_AFTER_SECONDS = 10.0
 _BUG = "<internal error>"  # marks the error standing in for a bug while publishing one file
 
 
@@ -139,6 +141,7 @@ class WriterPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_loop = False  # auto mode starts in the thread and moves once files prove fast
         self._down = 0  # writer tasks that died and wait to be restarted
+        self._batch_started: float | None = None  # when the batch being published was taken
         self._deletes = ThrottledLog(log)
         self.failing: OSError | None = None
         self.published = 0
@@ -182,6 +185,10 @@ class WriterPool:
         """Why the writers cannot publish now, or None."""
         if self._down:
             return f"{self._down} writer task(s) failed and are restarting"
+        started = self._batch_started
+        if started is not None and time.monotonic() - started > _STUCK_AFTER_SECONDS:
+            waited = time.monotonic() - started
+            return f"a batch of files has been waiting {waited:.0f}s for the disk"
         failing = self.failing
         if failing is not None:
             return f"{reason_of(failing).value}: {failing.strerror}"
@@ -212,6 +219,7 @@ class WriterPool:
         while True:
             await queue.wait_for_work()
             batch = queue.take(self._options.batch_max_items)
+            self._batch_started = time.monotonic()
             try:
                 if self._on_loop:
                     result = self._publish_batch(batch, _LOOP_SLICE_SECONDS)
@@ -220,6 +228,8 @@ class WriterPool:
             except Exception:
                 queue.give_back(batch)  # nothing in it was published: the batch never started
                 raise
+            finally:
+                self._batch_started = None
             self._choose_where_to_publish(result)
             self._account(batch[: result.published], result)
             error = result.error

@@ -260,3 +260,19 @@ def test_auto_mode_choice(
     on_loop: bool, files: int, seconds: float, failed: bool, expected: bool
 ) -> None:
     assert publish_on_loop_next(on_loop, files, seconds, failed=failed) is expected
+
+
+async def test_a_batch_stuck_in_the_disk_makes_the_pool_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tap_emulator.write.pool._STUCK_AFTER_SECONDS", 0.1)
+    gate = threading.Event()
+    pool = make_pool(SlowPublisher(disk(tmp_path), 0.0, gate))
+    await pool.start()
+    await pool.queue.put([Publication("s", 1, b"x")])
+    await asyncio.sleep(0.3)
+    assert "waiting" in (pool.problem() or "")
+    gate.set()
+    assert await pool.drain(5) == 0
+    assert pool.problem() is None
+    await pool.close()
