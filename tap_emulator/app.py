@@ -215,6 +215,7 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
             ),
         }
     )
+    metrics.watch_streams(registry.open_streams)
     handoff = Handoff(build_deriver(settings, metrics), metrics)
     budget = WireBudget(max_repeated_elements=settings.max_headers_per_message)
     sink = TapSink(

@@ -66,8 +66,8 @@ class Settings:
     )
     writer_mode: WriterMode = _setting(
         WriterMode.AUTO,
-        "auto: on a memory-backed output_dir (tmpfs), publish on the event loop while files "
-        "take microseconds, else in writer threads; thread: always in writer threads",
+        "auto: on a memory-backed output_dir (tmpfs) publish on the event loop, on any other "
+        "file system in writer threads; thread: always in writer threads",
     )
     fsync: bool = _setting(False, "fsync each file, and the directory after each batch")
     file_mode: int = _setting(0o640, "permission bits of published files (octal)", octal=True)

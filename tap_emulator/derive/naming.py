@@ -94,6 +94,7 @@ class Component:
 # --- direction and identity -------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)  # a proxy's few tap ids, asked once per stream
 def direction_from_tap_id(tap_id: str) -> Direction | None:
     """The direction named by the last token of a tap id (`f5-tap-x-inbound`), if any."""
     last = _TAP_ID_TOKENS.split(tap_id)[-1].lower()

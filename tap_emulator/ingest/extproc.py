@@ -139,7 +139,6 @@ class ExtProcessor:
         assert isinstance(opened, OpenStream)
         stream = opened
         metrics.streams_opened[Source.EXT_PROC].inc()
-        metrics.streams_open[Source.EXT_PROC].inc()
         transaction = self._start(stream, context)
         outcome = StreamOutcome.INTERNAL
         try:
@@ -166,7 +165,6 @@ class ExtProcessor:
             self._conclude(transaction, full)
             self._registry.close(stream)
             self._handoff.forget_stream(stream.number)
-            metrics.streams_open[Source.EXT_PROC].dec()
             metrics.streams_ended[Source.EXT_PROC, outcome].inc()
 
     # --- one stream ---------------------------------------------------------------------

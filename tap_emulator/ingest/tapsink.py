@@ -135,7 +135,6 @@ class TapSink:
         assert isinstance(opened, OpenStream)
         stream = opened
         metrics.streams_opened[Source.TAP].inc()
-        metrics.streams_open[Source.TAP].inc()
         outcome = StreamOutcome.INTERNAL
         log.debug("stream %d opened by %s", stream.number, peer)
         try:
@@ -174,7 +173,6 @@ class TapSink:
         finally:
             self._registry.close(stream)
             self._handoff.forget_stream(stream.number)
-            metrics.streams_open[Source.TAP].dec()
             metrics.streams_ended[Source.TAP, outcome].inc()
             log.debug("stream %d from %s ended: %s", stream.number, peer, outcome.value)
 

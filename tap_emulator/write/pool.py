@@ -3,10 +3,11 @@
 Writers take up to `batch_max_items` files at a time and publish the batch in one executor call
 (one thread hop per batch, not per file; docs/measurements/writers.md). On a memory-backed
 directory (tmpfs), where no call can wait for a device, `writer_mode: auto` publishes on the
-event loop instead, in 2 ms slices, while files take microseconds: that measured 1.37x the
-throughput (no thread hop, no contention between the loop and the writer thread for the GIL).
-Anywhere else every file-system call runs in a writer thread, so a frozen or stalled disk never
-stops the server from answering health checks, reading streams or acting on signals.
+event loop instead, in slices of at most 2 ms between reads of the streams: that measured 1.37x
+the throughput, with no thread hop and none of the context switches and GIL hand-overs between
+the loop and a writer thread. Anywhere else every file-system call runs in a writer thread, so a
+frozen or stalled disk never stops the server from answering health checks, reading streams or
+acting on signals.
 
 What a failure does depends on whether retrying can cure it:
 - errors of the disk as a whole (ENOSPC, EDQUOT, EROFS, EIO, EACCES, out of descriptors) are
@@ -60,9 +61,6 @@ _FILE_ERRORS = frozenset({errno.EFBIG, errno.ENAMETOOLONG})
 
 # A slice of publishing on the loop keeps it this long at most before it reads streams again.
 _LOOP_SLICE_SECONDS = 0.002
-# Per-file times that move publishing onto the loop, and back off it (with hysteresis).
-_FAST_FILE_SECONDS = 40e-6
-_SLOW_FILE_SECONDS = 200e-6
 _RESTART_BACKOFF_SECONDS = 1.0
 # A batch that takes this long is waiting for a stuck disk: readiness says so.
 _STUCK_AFTER_SECONDS = 10.0
@@ -71,27 +69,6 @@ _BUG = "<internal error>"  # marks the error standing in for a bug while publish
 
 def reason_of(error: OSError) -> WriteErrorReason:
     return _REASONS.get(error.errno or 0, WriteErrorReason.OTHER)
-
-
-def publish_on_loop_next(
-    on_loop: bool,
-    files: int,
-    seconds: float,
-    *,
-    failed: bool,
-    fast_file_seconds: float = _FAST_FILE_SECONDS,
-    slow_file_seconds: float = _SLOW_FILE_SECONDS,
-) -> bool:
-    """Auto mode's choice for the next batch, from how the last one went.
-
-    Onto the loop only after a batch of at least 16 files averaged under the fast threshold
-    in the thread; back to the thread after an error or a batch over the slow threshold."""
-    per_file = seconds / max(1, files)
-    if failed:
-        return False
-    if on_loop:
-        return per_file <= slow_file_seconds
-    return files >= 16 and per_file < fast_file_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +82,8 @@ class _BatchResult:
 
 @dataclass(frozen=True, slots=True)
 class WriterOptions:
-    """How the pool runs: the writer settings (config.py), and tuning that is not a setting
-    (retry backoff, auto mode's thresholds) for tests and benchmarks to vary."""
+    """How the pool runs: the writer settings (config.py), and the retry backoff (not a
+    setting) for tests to vary."""
 
     writers: int = 1
     batch_max_items: int = 256
@@ -115,8 +92,6 @@ class WriterOptions:
     mode: WriterMode = WriterMode.AUTO
     retry_initial_seconds: float = 0.05
     retry_max_seconds: float = 5.0
-    fast_file_seconds: float = _FAST_FILE_SECONDS
-    slow_file_seconds: float = _SLOW_FILE_SECONDS
 
 
 class WriterPool:
@@ -139,7 +114,7 @@ class WriterPool:
         self._ledger = ledger
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._on_loop = False  # auto mode starts in the thread and moves once files prove fast
+        self._on_loop = False
         self._down = 0  # writer tasks that died and wait to be restarted
         self._batch_started: float | None = None  # when the batch being published was taken
         self._deletes = ThrottledLog(log)
@@ -151,6 +126,11 @@ class WriterPool:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the writers (the publisher must be open: where they publish depends on it)."""
+        options = self._options
+        self._on_loop = (
+            options.mode is WriterMode.AUTO and not options.fsync and self.publisher.memory_backed
+        )
         self._executor = ThreadPoolExecutor(self._options.writers, thread_name_prefix="tap-writer")
         self._tasks = [
             asyncio.create_task(self._supervise(n), name=f"tap-writer-{n}")
@@ -230,7 +210,6 @@ class WriterPool:
                 raise
             finally:
                 self._batch_started = None
-            self._choose_where_to_publish(result)
             self._account(batch[: result.published], result)
             error = result.error
             if error is None:
@@ -360,31 +339,3 @@ class WriterPool:
                 error = exc
         seconds = time.perf_counter() - started
         return _BatchResult(len(batch), error, deleted, tuple(delete_errors), seconds)
-
-    def _choose_where_to_publish(self, result: _BatchResult) -> None:
-        """In auto mode on a memory-backed directory, publish on the event loop while files
-        take microseconds, and in the writer thread as soon as they take longer or fail."""
-        if (
-            self._options.mode is not WriterMode.AUTO
-            or self._options.fsync
-            or not self.publisher.memory_backed
-        ):
-            return
-        on_loop = publish_on_loop_next(
-            self._on_loop,
-            result.published,
-            result.seconds,
-            failed=result.error is not None,
-            fast_file_seconds=self._options.fast_file_seconds,
-            slow_file_seconds=self._options.slow_file_seconds,
-        )
-        if on_loop != self._on_loop:
-            per_file_us = 1e6 * result.seconds / max(1, result.published)
-            log.log(
-                logging.DEBUG if on_loop else logging.INFO,
-                "publishing %s (%.0f us per file%s)",
-                "on the event loop" if on_loop else "in the writer thread",
-                per_file_us,
-                ", after an error" if result.error is not None else "",
-            )
-        self._on_loop = on_loop

@@ -14,7 +14,7 @@ from tap_emulator.observe.metrics import Metrics
 from tap_emulator.testing import FaultyPublisher, SlowPublisher
 from tap_emulator.write.numbering import Numbering
 from tap_emulator.write.policy import WriteErrorPolicy, WriterMode
-from tap_emulator.write.pool import WriterOptions, WriterPool, publish_on_loop_next
+from tap_emulator.write.pool import WriterOptions, WriterPool
 from tap_emulator.write.publisher import DirectoryPublisher, Publisher
 from tap_emulator.write.queue import Publication, WriteQueue
 from tap_emulator.write.retention import RetentionLedger, RetentionPolicy
@@ -210,12 +210,8 @@ async def test_a_slow_disk_is_never_written_from_the_event_loop(tmp_path: Path) 
 
 
 async def published_on_loop(directory: Path) -> bool:
-    """Whether auto mode moved onto the loop while 320 small files were published there.
-
-    The thresholds are generous: what is pinned is the rule, not this machine's speed."""
-    pool = make_pool(
-        disk(directory), batch_max_items=64, fast_file_seconds=10.0, slow_file_seconds=10.0
-    )
+    """Whether auto mode published on the loop while 320 small files were published there."""
+    pool = make_pool(disk(directory), batch_max_items=64)
     await pool.start()
     seen = False
     for round_ in range(5):
@@ -242,24 +238,6 @@ async def test_auto_mode_publishes_on_the_loop_only_on_a_memory_backed_directory
     if disk(tmp_path).memory_backed:
         pytest.skip("the test's temporary directory is itself a tmpfs")
     assert not await published_on_loop(tmp_path)
-
-
-@pytest.mark.parametrize(
-    ("on_loop", "files", "seconds", "failed", "expected"),
-    [
-        (False, 64, 64 * 10e-6, False, True),  # fast in the thread: onto the loop
-        (False, 8, 8 * 10e-6, False, False),  # too few files to judge
-        (False, 64, 64 * 100e-6, False, False),  # not fast enough
-        (True, 64, 64 * 100e-6, False, True),  # between the thresholds: stay
-        (True, 64, 64 * 500e-6, False, False),  # slow on the loop: back to the thread
-        (True, 1, 0.0, True, False),  # an error: back to the thread
-        (False, 64, 0.0, True, False),
-    ],
-)
-def test_auto_mode_choice(
-    on_loop: bool, files: int, seconds: float, failed: bool, expected: bool
-) -> None:
-    assert publish_on_loop_next(on_loop, files, seconds, failed=failed) is expected
 
 
 async def test_a_batch_stuck_in_the_disk_makes_the_pool_say_so(
