@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -141,17 +141,6 @@ def header_text(header: HeaderLike) -> str:
     if header.value or not header.raw_value:
         return header.value
     return header.raw_value.decode("utf-8", errors="replace")
-
-
-def find_header(headers: Iterable[HeaderLike], names: Sequence[str]) -> dict[str, str]:
-    """The first value of each wanted header (names lowercase), in one pass."""
-    wanted = set(names)
-    found: dict[str, str] = {}
-    for header in headers:
-        key = header.key.lower()
-        if key in wanted and key not in found:
-            found[key] = header_text(header)
-    return found
 
 
 def authority_from(found: dict[str, str]) -> str | None:

@@ -153,10 +153,6 @@ class WriterPool:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def run_blocking(self, call: Callable[[], object]) -> object:
-        """Run a blocking directory call in a writer thread (never on the event loop)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
     @property
     def publishing_on_loop(self) -> bool:
         return self._on_loop
