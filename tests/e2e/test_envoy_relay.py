@@ -1,5 +1,5 @@
 """A real Envoy 1.40 taps HTTP/1.1, HTTP/2 (h2c) and gRPC traffic; `tap-emulator relay`
-forwards its admin /tap stream to a real emulator; the files are named as the seed expects
+forwards its admin /tap stream to a real emulator; the files are named as the user guide expects
 and hold what the clients sent and received.
 
 Per module: one Envoy (tap filter with admin_config before the router, --concurrency 1) and
@@ -77,8 +77,8 @@ def send_traffic(port: int, label: str) -> list[Case]:
             H1_AUTHORITY,
             get_id,
             h1_request(port, "GET", "/get", H1_AUTHORITY, [("x-b3-traceid", get_id)]),
-        )
-    )
+       )
+   )
     cases.append(
         Case(
             "h1-post",
@@ -91,9 +91,9 @@ def send_traffic(port: int, label: str) -> list[Case]:
                 H1_AUTHORITY,
                 [("x-b3-traceid", post_id), ("content-type", "text/plain")],
                 b"hello through envoy",
-            ),
-        )
-    )
+           ),
+       )
+   )
     h2_id = trace("h2")
     cases.append(
         Case(
@@ -107,14 +107,14 @@ def send_traffic(port: int, label: str) -> list[Case]:
                 H2_AUTHORITY,
                 [("x-b3-traceid", h2_id), ("content-type", "text/plain")],
                 b"h2 request body",
-            ),
+           ),
             has_trailers=True,
-        )
-    )
+       )
+   )
     for kind, method, request in (
         ("grpc-unary", GRPC_UNARY, b"ping"),
         ("grpc-stream", GRPC_SERVER_STREAM, b"stream-me"),
-    ):
+   ):
         trace_id = trace(kind)
         exchange = grpc_call(port, method, GRPC_AUTHORITY, [("x-b3-traceid", trace_id)], request)
         cases.append(Case(kind, GRPC_AUTHORITY, trace_id, exchange, has_trailers=True))
@@ -182,12 +182,12 @@ def test_buffered_traces_through_envoy_land_one_file_per_transaction(
     wait_until(lambda: set(pb_files(output)) >= expected)
 
     assert relay.stop() == 0, relay.log
-    assert re.search(r"relay stopped read=5 forwarded=5 confirmed=5 .* dropped=0 ", relay.log)
+    assert re.search(r"relay stopped read=5 forwarded=5 confirmed=5.* dropped=0 ", relay.log)
     files = pb_files(output)
     assert set(files) == expected
     for case in cases:
         check_buffered(case, TraceWrapper.FromString(files[f"{case.stem(direction)}-1.pb"])
-                       .http_buffered_trace)  # fmt: skip
+                      .http_buffered_trace)  # fmt: skip
 
 
 # --- streamed -----------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def segments_of(files: dict[str, bytes], stem: str) -> list[HttpStreamedTraceSeg
 def body_of(segments: list[HttpStreamedTraceSegment], piece: str) -> bytes:
     return b"".join(
         getattr(s, piece).as_bytes for s in segments if s.WhichOneof("message_piece") == piece
-    )
+   )
 
 
 def complete(files: dict[str, bytes], stem: str, case: Case) -> bool:
@@ -263,10 +263,10 @@ def test_streamed_traces_through_envoy_land_one_file_per_segment_in_order(
     cases = send_traffic(envoy.listener_port, f"streamed-{direction}")
     assert wait_until(
         lambda: all(complete(pb_files(output), c.stem(direction), c) for c in cases)
-    ), sorted(pb_files(output))
+   ), sorted(pb_files(output))
 
     assert relay.stop() == 0, relay.log
-    assert re.search(r"relay stopped .* unconfirmed=0 unsent=0 dropped=0 ", relay.log)
+    assert re.search(r"relay stopped.* unconfirmed=0 unsent=0 dropped=0 ", relay.log)
     files = pb_files(output)
     stems = {name.rsplit("-", 1)[0] for name in files}
     assert stems == {case.stem(direction) for case in cases}
@@ -322,7 +322,7 @@ def test_relay_attaches_again_when_envoy_restarts(
 
     assert first.process.stop() == 0
     second = processes.envoy(envoy_binary, backend_ports, admin_port=admin_port, name="second")
-    relay.wait_for_line(r"relay attached .* attach=2$", timeout=30)
+    relay.wait_for_line(r"relay attached.* attach=2$", timeout=30)
     after = b3("restart/after")
     h1_request(second.listener_port, "GET", "/get", H1_AUTHORITY, [("x-b3-traceid", after)])
     assert wait_until(lambda: f"{H1_AUTHORITY}-{after}-1.pb" in pb_files(output))
@@ -341,7 +341,7 @@ def test_an_unknown_config_id_is_refused_at_start_with_envoys_reason(
     _emulator, target = processes.emulator(tmp_path / "out")
     relay = processes.relay(
         envoy.admin_url, target, "--config-id", "no-such-tap", wait_attached=False
-    )
+   )
 
     assert relay.process.wait(20) == 1
     assert "Envoy refused the tap configuration: Unknown config id 'no-such-tap'" in relay.log

@@ -1,6 +1,6 @@
 """Writes the seed corpora of the fuzz targets (run once; the corpora are committed).
 
-    python tests/fuzz/make_corpus.py [--vectors /work/shared/vectors]
+    python tests/fuzz/make_corpus.py [--vectors tests/fixtures/vectors]
 
 corpus/derive/: one StreamTaps call per file, as varint32-length-delimited
 StreamTapsRequests (what `decode_and_name.split_stream` cuts): every real Envoy vector
@@ -109,7 +109,7 @@ def hostile_calls() -> Iterable[list[bytes]]:
     segment.trace.http_streamed_trace_segment.trace_id = 11
     segment.trace.http_streamed_trace_segment.request_headers.headers.add(
         key=":authority", value="../seg"
-    )
+   )
     body = StreamTapsRequest()
     body.trace.http_streamed_trace_segment.trace_id = 11
     body.trace.http_streamed_trace_segment.response_body_chunk.as_bytes = b"\x00" * 64

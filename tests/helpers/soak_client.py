@@ -1,6 +1,6 @@
 """A soak sender: steady load in short StreamTaps calls, resending any call not answered OK.
 
-Runs as a subprocess and encodes with `xds-protos` (decisions.md 1). It sends calls of
+Runs as a subprocess and encodes with `xds-protos` (design.md, Two copies of Envoy's API). It sends calls of
 `batch` messages at `rate` messages per second until `seconds` have passed, then finishes
 the call it is in. A call that ends with any status but OK (the server restarting, say) is
 sent again, whole, on the same channel (which reconnects by itself) until it is answered OK,
@@ -110,7 +110,7 @@ async def main() -> None:
             "digests": digests,
         },
         sys.stdout,
-    )
+   )
 
 
 if __name__ == "__main__":
