@@ -39,6 +39,11 @@ manifests: tools ## regenerate deploy/manifests from the charts
 test: $(STAMP) tools ## run the whole test suite
 	$(BIN)/pytest $(ARGS)
 
+unit: $(STAMP) ## run the unit tests only (no processes, no Envoy, no deploy tools; ~1 min)
+	$(BIN)/pytest tests/unit $(ARGS)
+
+check: lint test ## what CI runs: lint (ruff, ruff format, mypy --strict), then the whole suite
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -71,4 +76,4 @@ fuzz: $(STAMP) ## run each atheris target for FUZZ_SECONDS (default 60); finds g
 docs: $(STAMP) ## regenerate docs/settings.md and docs/metrics.md from the code
 	$(BIN)/python scripts/generate_docs.py
 
-.PHONY: help venv run tools manifests test lint proto docs demo fuzz bench
+.PHONY: help venv run tools manifests test unit check lint proto docs demo fuzz bench

@@ -64,13 +64,13 @@ class HeaderLike(Protocol):
     """An `envoy.config.core.v3.HeaderValue` or anything shaped like one."""
 
     @property
-    def key(self) -> str:...
+    def key(self) -> str: ...
 
     @property
-    def value(self) -> str:...
+    def value(self) -> str: ...
 
     @property
-    def raw_value(self) -> bytes:...
+    def raw_value(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +130,7 @@ def identity(
         direction=direction or default,
         direction_known=direction is not None,
         client_namespace=namespace_from_node(node_id, cluster, metadata_namespace),
-   )
+    )
 
 
 # --- header values ----------------------------------------------------------------------
@@ -266,7 +266,7 @@ def build_stem(prefix: str, trace_id: str, half: Half | None) -> Stem:
         text="-".join(parts),
         sanitized=head.sanitized or trace.sanitized,
         truncated=head.truncated or trace.truncated,
-   )
+    )
 
 
 def prefix_for(direction: Direction, authority: str | None, namespace: str | None) -> str:

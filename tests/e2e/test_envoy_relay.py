@@ -77,8 +77,8 @@ def send_traffic(port: int, label: str) -> list[Case]:
             H1_AUTHORITY,
             get_id,
             h1_request(port, "GET", "/get", H1_AUTHORITY, [("x-b3-traceid", get_id)]),
-       )
-   )
+        )
+    )
     cases.append(
         Case(
             "h1-post",
@@ -91,9 +91,9 @@ def send_traffic(port: int, label: str) -> list[Case]:
                 H1_AUTHORITY,
                 [("x-b3-traceid", post_id), ("content-type", "text/plain")],
                 b"hello through envoy",
-           ),
-       )
-   )
+            ),
+        )
+    )
     h2_id = trace("h2")
     cases.append(
         Case(
@@ -107,14 +107,14 @@ def send_traffic(port: int, label: str) -> list[Case]:
                 H2_AUTHORITY,
                 [("x-b3-traceid", h2_id), ("content-type", "text/plain")],
                 b"h2 request body",
-           ),
+            ),
             has_trailers=True,
-       )
-   )
+        )
+    )
     for kind, method, request in (
         ("grpc-unary", GRPC_UNARY, b"ping"),
         ("grpc-stream", GRPC_SERVER_STREAM, b"stream-me"),
-   ):
+    ):
         trace_id = trace(kind)
         exchange = grpc_call(port, method, GRPC_AUTHORITY, [("x-b3-traceid", trace_id)], request)
         cases.append(Case(kind, GRPC_AUTHORITY, trace_id, exchange, has_trailers=True))
@@ -215,7 +215,7 @@ def segments_of(files: dict[str, bytes], stem: str) -> list[HttpStreamedTraceSeg
 def body_of(segments: list[HttpStreamedTraceSegment], piece: str) -> bytes:
     return b"".join(
         getattr(s, piece).as_bytes for s in segments if s.WhichOneof("message_piece") == piece
-   )
+    )
 
 
 def complete(files: dict[str, bytes], stem: str, case: Case) -> bool:
@@ -263,7 +263,7 @@ def test_streamed_traces_through_envoy_land_one_file_per_segment_in_order(
     cases = send_traffic(envoy.listener_port, f"streamed-{direction}")
     assert wait_until(
         lambda: all(complete(pb_files(output), c.stem(direction), c) for c in cases)
-   ), sorted(pb_files(output))
+    ), sorted(pb_files(output))
 
     assert relay.stop() == 0, relay.log
     assert re.search(r"relay stopped.* unconfirmed=0 unsent=0 dropped=0 ", relay.log)
@@ -341,7 +341,7 @@ def test_an_unknown_config_id_is_refused_at_start_with_envoys_reason(
     _emulator, target = processes.emulator(tmp_path / "out")
     relay = processes.relay(
         envoy.admin_url, target, "--config-id", "no-such-tap", wait_attached=False
-   )
+    )
 
     assert relay.process.wait(20) == 1
     assert "Envoy refused the tap configuration: Unknown config id 'no-such-tap'" in relay.log

@@ -109,7 +109,7 @@ def hostile_calls() -> Iterable[list[bytes]]:
     segment.trace.http_streamed_trace_segment.trace_id = 11
     segment.trace.http_streamed_trace_segment.request_headers.headers.add(
         key=":authority", value="../seg"
-   )
+    )
     body = StreamTapsRequest()
     body.trace.http_streamed_trace_segment.trace_id = 11
     body.trace.http_streamed_trace_segment.response_body_chunk.as_bytes = b"\x00" * 64

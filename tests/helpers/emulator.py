@@ -60,6 +60,7 @@ class EmulatorProcess:
                 self.tap = match["tap"]
                 self.metrics_url = f"http://{match['metrics']}"
                 started.set()
+        self.process.stderr.close()  # the process has exited: its pipe is done with
         started.set()
 
     @property

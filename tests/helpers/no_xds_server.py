@@ -18,7 +18,7 @@ BLOCKED = ("envoy", "xds", "udpa", "validate", "xds_protos")
 class BlockXdsProtos(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-   ) -> importlib.machinery.ModuleSpec | None:
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname.split(".")[0] in BLOCKED:
             raise ImportError(f"{fullname} is blocked: the product must not need xds-protos")
         return None

@@ -1,8 +1,8 @@
 """A StreamTaps client for the hardening tests: TLS, paced and held streams, generated load.
 
 Like xds_client.py (whose encoder it reuses) it encodes with `xds-protos` and runs as a
-subprocess (design.md, Two copies of Envoy's API); the test process only imports `TapClientRun` from here, which
-imports neither xds-protos nor tap_emulator.
+subprocess (design.md, Two copies of Envoy's API); the test process only imports
+`TapClientRun` from here, which imports neither xds-protos nor tap_emulator.
 
 stdin: JSON {"target": "HOST:PORT", "timeout": seconds, "tls": TLS?, "streams": [STREAM]}.
 TLS is {"ca": PEM path, "cert": PEM path?, "key": PEM path?, "server_name": name?}; without
@@ -119,7 +119,7 @@ def _channel(spec: dict[str, Any]) -> Any:
         root_certificates=Path(tls["ca"]).read_bytes(),
         private_key=Path(tls["key"]).read_bytes() if tls.get("key") else None,
         certificate_chain=Path(tls["cert"]).read_bytes() if tls.get("cert") else None,
-   )
+    )
     return grpc.aio.secure_channel(spec["target"], credentials, options=options)
 
 
@@ -129,7 +129,7 @@ async def _main() -> None:
     async with _channel(spec) as channel:
         results = await asyncio.gather(
             *(_send(channel, stream, spec.get("timeout", 60)) for stream in spec["streams"])
-       )
+        )
     json.dump({"streams": results, "seconds": time.monotonic() - started}, sys.stdout)
 
 

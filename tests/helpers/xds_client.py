@@ -1,6 +1,7 @@
 """A StreamTaps client whose messages are encoded by `xds-protos`, Envoy's official
 generated code: an encoder independent of ours. Run as a subprocess (our generated code and
-xds-protos cannot share a process: design.md, Two copies of Envoy's API); it never imports tap_emulator.
+xds-protos cannot share a process: design.md, Two copies of Envoy's API); it never imports
+tap_emulator.
 
 stdin: JSON {"target": "HOST:PORT", "timeout": seconds, "streams": [STREAM,...]} where
 STREAM is {"messages": [ITEM,...]}; an ITEM is a StreamTapsRequest as protobuf JSON, or
@@ -67,7 +68,7 @@ async def main() -> None:
     async with grpc.aio.insecure_channel(spec["target"], options=options) as channel:
         results = await asyncio.gather(
             *(send(channel, stream, spec.get("timeout", 60)) for stream in spec["streams"])
-       )
+        )
     json.dump({"streams": results}, sys.stdout)
 
 

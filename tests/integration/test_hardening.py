@@ -80,7 +80,7 @@ def grpc_health(target: str) -> str:
     with grpc.insecure_channel(target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=10
-       )
+        )
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
@@ -134,7 +134,7 @@ def assert_all_on_disk(
     names = generated_names(authority, prefix, result["sent"])
     assert {name: files.get(name) for name in names} == dict(
         zip(names, decoded(result), strict=True)
-   )
+    )
 
 
 class GoodStream:
@@ -155,10 +155,10 @@ class GoodStream:
                         self.prefix,
                         until_file=str(stop_file),
                         interval_seconds=0.02,
-                   )
+                    )
                 ],
             }
-       )
+        )
         first = f"{self.authority}-{self.prefix}{0:016x}-1.pb"
         assert wait_for(lambda: (emulator.output_dir / first).exists(), timeout=30)
 
@@ -389,7 +389,7 @@ def test_message_size_limit_on_both_sides_and_raising_it(start_emulator: Any) ->
     fine = raw_stream(request_of_size(1000, "f" * 32))
     at, above, far, other = send_streams(
         emulator.tap, [raw_stream(exact), raw_stream(over), raw_stream(far_over), fine]
-   )
+    )
 
     assert at["code"] == "OK" and other["code"] == "OK"
     assert above["code"] == "RESOURCE_EXHAUSTED"
@@ -407,7 +407,7 @@ def test_message_size_limit_on_both_sides_and_raising_it(start_emulator: Any) ->
 
     raised = start_emulator(
         "--max-message-bytes", str(limit + 1), output_dir=emulator.output_dir.parent / "raised"
-   )
+    )
     [again] = send_streams(raised.tap, [raw_stream(over)])
     assert again["code"] == "OK"
     assert list(published(raised.output_dir)) == [f"size.ns:80-{'b' * 32}-1.pb"]
@@ -428,7 +428,7 @@ def test_streams_over_the_limit_get_resource_exhausted_while_the_others_succeed(
                 for n in range(4)
             ],
         }
-   )
+    )
     try:
         assert wait_for(lambda: counter(emulator, "tap_emulator_streams_open") == 4, timeout=30)
         extra = tap_streams(
@@ -436,7 +436,7 @@ def test_streams_over_the_limit_get_resource_exhausted_while_the_others_succeed(
                 "target": emulator.tap,
                 "streams": [generated(f"extra{n}.ns:80", f"{n:016x}", 1) for n in range(3)],
             }
-       )
+        )
         assert [r["code"] for r in extra] == ["RESOURCE_EXHAUSTED"] * 3
         assert all("limit" in r["details"].lower() for r in extra)
         assert counter(emulator, "tap_emulator_streams_open") == 4
@@ -448,14 +448,14 @@ def test_streams_over_the_limit_get_resource_exhausted_while_the_others_succeed(
     assert not [name for name in published(emulator.output_dir) if name.startswith("extra")]
     [after] = tap_streams(
         {"target": emulator.tap, "streams": [generated("after.ns:80", "a" * 16, 1)]}
-   )
+    )
     assert after["code"] == "OK"
 
 
 def test_one_connection_cannot_take_every_stream_slot(start_emulator: Any) -> None:
     emulator = start_emulator(
         "--max-concurrent-streams", "20", "--max-streams-per-connection", "10"
-   )
+    )
     with RawH2(emulator.tap, timeout=30) as hog:
         hog.wait(lambda: hog.connection.frames_received > 0, 10)  # the server's SETTINGS
         opened = 0
@@ -474,7 +474,7 @@ def test_one_connection_cannot_take_every_stream_slot(start_emulator: Any) -> No
         assert wait_for(settled, timeout=30)
         [result] = tap_streams(
             {"target": emulator.tap, "streams": [generated("late.ns:80", "1" * 16, 1)]}
-       )
+        )
     assert result["code"] == "OK", result
 
 
@@ -492,7 +492,7 @@ def test_idle_stream_is_ended_unavailable_and_a_busy_one_is_untouched(
                 generated("busy.ns:80", "2" * 16, 40, interval_seconds=0.1),
             ],
         }
-   )
+    )
 
     assert idle["code"] == "UNAVAILABLE"
     assert "no trace for 2s" in idle["details"]
@@ -569,7 +569,7 @@ def test_rapid_reset_is_contained_and_a_good_stream_keeps_working(
         f"observed: {pairs} HEADERS+RST_STREAM pairs, {attacker.connection}, RSS "
         f"{baseline_kib} -> {emulator.rss_kib()} KiB, "
         f"handlers {counter(emulator, 'tap_emulator_streams_opened_total')}"
-   )
+    )
     assert pairs > 100
     assert wait_for(lambda: counter(emulator, "tap_emulator_streams_open") == 1, timeout=30)
     assert ready(emulator) and grpc_health(emulator.tap) == "SERVING"
@@ -578,7 +578,7 @@ def test_rapid_reset_is_contained_and_a_good_stream_keeps_working(
     good.finish()
     assert counter(emulator, "tap_emulator_files_written_total") == len(
         published(emulator.output_dir)
-   )
+    )
 
 
 # --- bad messages that decode: fallback names and statuses ------------------------------
@@ -601,14 +601,14 @@ def test_bad_messages_get_a_status_or_a_fallback_name_and_others_are_untouched(
             for n, authority in enumerate(["../../etc", "a/b", "nul\x00x", "-rf", "x" * 300])
         ],
         t.identifier("inbound"),
-   )
+    )
     request = StreamTapsRequest()
     request.trace.http_buffered_trace.request.headers.add(key=":authority", value="MARK")
     bad_utf8 = raw_stream(request.SerializeToString().replace(b"MARK", b"\xff\xfe\xfd\xfc"))
     raw_value = StreamTapsRequest()
     raw_value.trace.http_buffered_trace.request.headers.add(
         key=":authority"
-   ).raw_value = b"\xff/..\x00"
+    ).raw_value = b"\xff/..\x00"
     good = t.stream([t.buffered(t.request_headers("good.ns:80"))], t.identifier("inbound"))
     results = send_streams(
         emulator.tap,
@@ -623,7 +623,7 @@ def test_bad_messages_get_a_status_or_a_fallback_name_and_others_are_untouched(
             raw_stream(raw_value.SerializeToString()),
             good,
         ],
-   )
+    )
 
     codes = [r["code"] for r in results]
     assert codes == ["OK"] * 6 + ["INVALID_ARGUMENT", "OK", "OK"]
@@ -651,7 +651,7 @@ def test_refused_messages_are_logged_at_the_default_level(start_emulator: Any) -
     send_streams(
         emulator.tap,
         [raw_stream(b"\xff\xff\xff"), raw_stream(request_of_size(1500, "b" * 32))],
-   )
+    )
     assert emulator.stop() == 0
     assert re.search(r"(WARNING|ERROR|INFO).*(not an envoy|StreamTapsRequest)", emulator.log)
     assert re.search(r"(WARNING|ERROR|INFO).*max_message_bytes", emulator.log)
@@ -662,7 +662,8 @@ def test_refused_messages_are_logged_at_the_default_level(start_emulator: Any) -
 
 @pytest.fixture
 def mount_tmpfs(tmp_path: Path) -> Iterator[Any]:
-    """Mounts small tmpfs file systems (design.md, Tests run as root); unmounts them all afterwards."""
+    """Mounts small tmpfs file systems (design.md, Tests run as root); unmounts them all
+    afterwards."""
     mounted: list[Path] = []
 
     def mount(size: str) -> Path:
@@ -673,7 +674,7 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Any]:
             capture_output=True,
             text=True,
             check=False,
-       )
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
         mounted.append(point)
@@ -692,7 +693,7 @@ def remount(point: Path, mode: str) -> None:
             capture_output=True,
             text=True,
             check=False,
-       )
+        )
         if done.returncode == 0:
             return
         time.sleep(0.01)
@@ -724,12 +725,12 @@ def test_full_disk_holds_senders_back_then_writes_everything_when_space_returns(
             "timeout": 300,
             "streams": [generated("full.ns:80", "f" * 16, FILL_MESSAGES, body_bytes=FILL_BODY)],
         }
-   )
+    )
     try:
         assert wait_for(
             lambda: counter(emulator, "tap_emulator_write_errors_total", reason="enospc") > 0,
             timeout=60,
-       )
+        )
         assert http_status(f"{emulator.metrics_url}/readyz") == 503
         assert wait_for(lambda: grpc_health(emulator.tap) == "NOT_SERVING", timeout=30)
         time.sleep(1)  # the sender keeps pushing; the server must not keep reading
@@ -739,7 +740,7 @@ def test_full_disk_holds_senders_back_then_writes_everything_when_space_returns(
             f"observed: disk full, accepted {accepted(emulator)} of {FILL_MESSAGES}, written "
             f"{counter(emulator, 'tap_emulator_files_written_total')}, RSS "
             f"{baseline_kib} -> {emulator.rss_kib()} KiB"
-       )
+        )
         assert emulator.process.poll() is None
         assert emulator.rss_kib() - baseline_kib < 48 * 1024
     finally:
@@ -765,14 +766,14 @@ def test_full_disk_with_the_drop_policy_counts_every_drop(
     out, filler = _fill_the_disk(mount_tmpfs)
     emulator = start_emulator(
         "--on-write-error", "drop", "--queue-max-bytes", "64KiB", output_dir=out
-   )
+    )
     [result] = tap_streams(
         {
             "target": emulator.tap,
             "timeout": 120,
             "streams": [generated("drop.ns:80", "d" * 16, FILL_MESSAGES, body_bytes=FILL_BODY)],
         }
-   )
+    )
 
     # Dropping does not hold the sender, and the status says what OK would have promised.
     assert result["code"] == "DATA_LOSS"
@@ -780,7 +781,7 @@ def test_full_disk_with_the_drop_policy_counts_every_drop(
     files = published(out)
     sent = dict(
         zip(generated_names("drop.ns:80", "d" * 16, FILL_MESSAGES), decoded(result), strict=True)
-   )
+    )
     assert all(sent[name] == content for name, content in files.items())
     samples = scrape(emulator.metrics_url)
     dropped = metric(samples, "tap_emulator_files_dropped_total", reason="enospc")
@@ -796,7 +797,7 @@ def test_full_disk_with_the_drop_policy_counts_every_drop(
     filler.unlink()
     [later] = tap_streams(
         {"target": emulator.tap, "streams": [generated("later.ns:80", "e" * 16, 5)]}
-   )
+    )
     assert_all_on_disk(out, later, "later.ns:80", "e" * 16)
 
 
@@ -811,14 +812,14 @@ def test_read_only_remount_mid_run_recovers_by_itself(
             "timeout": 300,
             "streams": [generated("ro.ns:80", "0123456789abcdef", 120, interval_seconds=0.05)],
         }
-   )
+    )
     assert wait_for(lambda: len(published(out)) >= 10, timeout=60)
     remount(out, "ro")
     try:
         assert wait_for(
             lambda: counter(emulator, "tap_emulator_write_errors_total", reason="erofs") > 0,
             timeout=60,
-       )
+        )
         assert http_status(f"{emulator.metrics_url}/readyz") == 503
         assert wait_for(lambda: grpc_health(emulator.tap) == "NOT_SERVING", timeout=30)
         assert client.running()
@@ -879,7 +880,7 @@ def test_retention_file_cap_through_the_server_deletes_the_oldest(start_emulator
     try:
         [result] = send_streams(
             emulator.tap, [t.stream([trace] * (2 * cap), t.identifier("inbound"))]
-       )
+        )
     finally:
         sampler.stop()
 
@@ -887,7 +888,7 @@ def test_retention_file_cap_through_the_server_deletes_the_oldest(start_emulator
     stem = f"{t.SEED_AUTHORITY}-{t.B3}"
     assert sorted(published(emulator.output_dir)) == sorted(
         f"{stem}-{n}.pb" for n in range(cap + 1, 2 * cap + 1)
-   )
+    )
     assert sampler.most_files <= cap + batch
     samples = scrape(emulator.metrics_url)
     assert metric(samples, "tap_emulator_files_deleted_total") == cap
@@ -959,8 +960,8 @@ def pki(tmp_path: Path) -> dict[str, str]:
             "client.expired.test",
             not_before=long_ago,
             not_after=long_ago + datetime.timedelta(days=1),
-       ),
-   )
+        ),
+    )
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
     foreign_ca.cert_pem.write_to_path(str(directory / "foreign-ca.pem"))
     paths["ca"], paths["foreign_ca"] = str(directory / "ca.pem"), str(directory / "foreign-ca.pem")
@@ -975,7 +976,7 @@ def tls_send(emulator: EmulatorProcess, tls: dict[str, str] | None, name: str) -
             "tls": tls,
             "streams": [generated(f"{name}.ns:80", "7" * 16, 2)],
         }
-   )
+    )
     return result
 
 
@@ -989,13 +990,13 @@ def test_tls_serves_the_right_ca_and_refuses_plaintext(
 ) -> None:
     emulator = start_emulator(
         "--tls-cert-file", pki["server_cert"], "--tls-key-file", pki["server_key"]
-   )
+    )
     assert "tls=on" in emulator.log
     trusted = {"ca": pki["ca"]}
 
     assert_all_on_disk(
         emulator.output_dir, tls_send(emulator, trusted, "tls"), "tls.ns:80", "7" * 16
-   )
+    )
     assert_refused(emulator, tls_send(emulator, None, "plain"), "plain")
     assert_refused(emulator, tls_send(emulator, {"ca": pki["foreign_ca"]}, "unknown"), "unknown")
     again = tls_send(emulator, trusted, "again")
@@ -1056,7 +1057,7 @@ def test_files_are_0640_under_umask_000_and_file_mode_is_honoured(
     for emulator in (default, strict):
         [result] = tap_streams(
             {"target": emulator.tap, "streams": [generated("mode.ns:80", "9" * 16, 20)]}
-       )
+        )
         assert_all_on_disk(emulator.output_dir, result, "mode.ns:80", "9" * 16)
 
     def modes(directory: Path) -> set[int]:

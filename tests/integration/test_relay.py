@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -234,6 +235,7 @@ def item(size: int) -> Item:
     return Item(b"", 1, b"x" * size)
 
 
+@pytest.mark.asyncio
 async def test_queue_put_waits_while_the_item_bound_is_reached() -> None:
     queue = TraceQueue(max_items=2, max_bytes=1 << 20)
     await queue.put(item(1))
@@ -246,6 +248,7 @@ async def test_queue_put_waits_while_the_item_bound_is_reached() -> None:
     assert len(queue) == 2 and queue.full_waits == 1
 
 
+@pytest.mark.asyncio
 async def test_queue_put_waits_while_the_byte_bound_is_reached() -> None:
     queue = TraceQueue(max_items=100, max_bytes=100)
     await queue.put(item(60))
@@ -257,6 +260,7 @@ async def test_queue_put_waits_while_the_byte_bound_is_reached() -> None:
     assert queue.bytes == 60
 
 
+@pytest.mark.asyncio
 async def test_queue_admits_an_item_over_the_byte_bound_alone() -> None:
     queue = TraceQueue(max_items=100, max_bytes=100)
     await asyncio.wait_for(queue.put(item(500)), 1.0)
@@ -368,7 +372,7 @@ class FakeEnvoyAdmin:
             writer.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
     processes = Processes(tmp_path)
     yield processes
@@ -413,6 +417,7 @@ def inbound_names() -> list[str]:
 # --- the relay process ----------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_relay_forwards_the_admin_stream_with_envoys_node_and_exits_after_max_traces(
     processes: Processes, tmp_path: Path
 ) -> None:
@@ -444,6 +449,7 @@ async def test_relay_forwards_the_admin_stream_with_envoys_node_and_exits_after_
     await admin.close()
 
 
+@pytest.mark.asyncio
 async def test_relay_attaches_again_when_the_admin_connection_drops_mid_trace(
     processes: Processes, tmp_path: Path
 ) -> None:
@@ -474,6 +480,7 @@ async def test_relay_attaches_again_when_the_admin_connection_drops_mid_trace(
     await admin.close()
 
 
+@pytest.mark.asyncio
 async def test_emulator_restart_loses_nothing_the_relay_had_read(
     processes: Processes, tmp_path: Path
 ) -> None:
@@ -520,6 +527,7 @@ async def test_emulator_restart_loses_nothing_the_relay_had_read(
     await admin.close()
 
 
+@pytest.mark.asyncio
 async def test_sigterm_waits_for_the_emulators_ok_before_exiting_0(
     processes: Processes, tmp_path: Path
 ) -> None:
@@ -553,6 +561,7 @@ async def test_sigterm_waits_for_the_emulators_ok_before_exiting_0(
     await admin.close()
 
 
+@pytest.mark.asyncio
 async def test_stop_with_the_emulator_unreachable_exits_1_naming_what_was_not_sent(
     processes: Processes,
 ) -> None:
@@ -600,6 +609,7 @@ def rss_kib(pid: int) -> int:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
 
 
+@pytest.mark.asyncio
 @pytest.mark.slow
 async def test_a_stalled_emulator_stops_the_relay_reading_and_its_memory_stays_bounded(
     processes: Processes, tmp_path: Path

@@ -70,7 +70,7 @@ class SoakClient:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-       )
+        )
         self._result: dict[str, Any] | None = None
         self._thread = threading.Thread(target=self._run, args=(json.dumps(spec),), daemon=True)
         self._thread.start()
@@ -156,7 +156,7 @@ def soak_dir(tmp_path: Path) -> Iterator[Path]:
         capture_output=True,
         text=True,
         check=False,
-   )
+    )
     if done.returncode != 0:
         print(f"soak writes to {tmp_path}: cannot mount a tmpfs ({done.stderr.strip()})")
         yield tmp_path / "out"
@@ -229,7 +229,7 @@ def test_soak_with_a_restart_loses_nothing_and_memory_stays_flat(
         report.append(
             f"{run}: {len(steady)} samples, RSS {min(rss)}..{max(rss)} KiB, "
             f"slope {slope:+.2f} MB/min, fds {min(fds)}..{max(fds)}"
-       )
+        )
         assert slope < MAX_SLOPE_MB_PER_MIN, report
         assert max(fds) - min(fds) <= 4, report
     failures: dict[str, int] = defaultdict(int)
@@ -240,4 +240,4 @@ def test_soak_with_a_restart_loses_nothing_and_memory_stays_flat(
         f"observed: {len(expected)} messages in {sum(r['calls'] for r in results)} calls, "
         f"{len(after)} files (accepted {accepted_1} + {accepted_2}), {copies} copies from "
         f"resent calls, failed attempts {dict(failures)}; " + "; ".join(report)
-   )
+    )

@@ -132,7 +132,7 @@ def test_example_file_loads_to_the_expected_settings() -> None:
         log_summary_seconds=15.0,
         log_level="debug",
         log_format="json",
-   )
+    )
 
 
 def test_example_file_sets_every_setting_to_other_than_its_default() -> None:
@@ -158,7 +158,7 @@ def test_empty_file_means_the_defaults(tmp_path: Path) -> None:
 def test_flags_override_the_file() -> None:
     loaded = load_settings(
         FIXTURES / "example.yaml", {"writers": "8", "listen": "0.0.0.0:7000", "fsync": "false"}
-   )
+    )
 
     assert loaded.writers == 8
     assert loaded.listen == "0.0.0.0:7000"
@@ -293,7 +293,8 @@ def test_missing_file_is_rejected_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_is_rejected_naming_the_file(tmp_path: Path) -> None:
-    # Root reads through chmod 000 (design.md, Tests run as root); a directory cannot be read as text.
+    # Root reads through chmod 000 (design.md, Tests run as root); a directory cannot be read
+    # as text.
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path, {})
 
@@ -394,7 +395,7 @@ def test_correlation_entries_equal_to_queue_plus_writer_batches_are_enough() -> 
             "writer_batch_max_items": 50,
             "correlation_max_entries": 1200,
         }
-   )
+    )
 
     assert loaded.correlation_max_entries == 1200
 
@@ -407,7 +408,7 @@ def test_correlation_entries_below_queue_plus_writer_batches_are_rejected() -> N
             "writer_batch_max_items": 50,
             "correlation_max_entries": 1199,
         }
-   )
+    )
 
     assert message.startswith("correlation_max_entries:")
     assert "1200" in message

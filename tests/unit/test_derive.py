@@ -37,12 +37,12 @@ def make_deriver(
         name_format=name_format,
         trace_id_headers=DEFAULT_TRACE_ID_HEADERS,
         redact_headers=frozenset(redact_headers),
-   )
+    )
     return Deriver(
         policy,
         SequenceCounter(max_entries=1000, idle_seconds=3600.0),
         SegmentNames(max_entries=1000, idle_seconds=3600.0),
-   )
+    )
 
 
 def headers(*pairs: tuple[str, str]) -> list[HeaderValue]:
@@ -52,7 +52,7 @@ def headers(*pairs: tuple[str, str]) -> list[HeaderValue]:
 def request_headers(authority: str = AUTHORITY, trace: str = B3) -> list[HeaderValue]:
     return headers(
         (":authority", authority), (":method", "POST"), (":path", "/x"), ("x-b3-traceid", trace)
-   )
+    )
 
 
 def buffered(envoy_id: int = ENVOY_ID) -> StreamTapsRequest:
@@ -204,7 +204,7 @@ def test_every_streamed_segment_becomes_one_file_named_after_its_request_headers
 def test_streamed_segment_kind_is_streamed_segment() -> None:
     assert make_deriver().derive(request_headers_segment(), INBOUND, 1).kind is (
         TraceKind.STREAMED_SEGMENT
-   )
+    )
 
 
 def test_same_envoy_trace_id_on_another_stream_is_another_transaction() -> None:
@@ -319,7 +319,7 @@ def test_req_res_segment_halves_have_their_own_counters() -> None:
     names = [
         derive_names(
             deriver, request_headers_segment() if piece == "request_headers" else segment(piece)
-       )[0]
+        )[0]
         for piece in order
     ]
 
@@ -444,7 +444,7 @@ MANIFEST = manifest_entries()
 def vector_params(directory: str, suffix: str) -> list[Any]:
     files = sorted(
         name for name in MANIFEST if name.startswith(f"{directory}/") and name.endswith(suffix)
-   )
+    )
     assert files, f"no {directory}/*{suffix} vectors in {VECTORS}"
     return files
 
@@ -478,8 +478,8 @@ def expected_prefix(summary: dict[str, Any]) -> str:
         "_",
         authority.translate(
             str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-       ),
-   )
+        ),
+    )
     return "_" + prefix if prefix.startswith((".", "-")) else prefix
 
 

@@ -71,7 +71,7 @@ def identity_for(
     """The identity the server derives from such a first message (default direction inbound)."""
     message = istio_first_message(
         tap_id, metadata_namespace=metadata_namespace, node_id=node_id, cluster=cluster
-   )
+    )
     return identity_of(message, Direction.INBOUND)
 
 
@@ -91,7 +91,7 @@ def buffered(request_headers: Sequence[HeaderValue], envoy_id: int = ENVOY_ID) -
 
 
 def make_deriver(
-    trace_id_headers: tuple[str,...] = DEFAULT_TRACE_ID_HEADERS,
+    trace_id_headers: tuple[str, ...] = DEFAULT_TRACE_ID_HEADERS,
     name_format: NameFormat = NameFormat.PLAIN,
 ) -> Deriver:
     policy = NamingPolicy(name_format=name_format, trace_id_headers=trace_id_headers)
@@ -99,7 +99,7 @@ def make_deriver(
         policy,
         SequenceCounter(max_entries=10_000, idle_seconds=3600.0),
         SegmentNames(max_entries=10_000, idle_seconds=3600.0),
-   )
+    )
 
 
 def names_of(deriver: Deriver, message: StreamTapsRequest, identity: Identity) -> list[str]:
@@ -109,7 +109,7 @@ def names_of(deriver: Deriver, message: StreamTapsRequest, identity: Identity) -
 def name_of(
     request_headers: Sequence[HeaderValue],
     identity: Identity = INBOUND,
-    trace_id_headers: tuple[str,...] = DEFAULT_TRACE_ID_HEADERS,
+    trace_id_headers: tuple[str, ...] = DEFAULT_TRACE_ID_HEADERS,
     envoy_id: int = ENVOY_ID,
 ) -> str:
     """The one file name a fresh emulator gives a buffered trace with these request headers."""
@@ -119,13 +119,13 @@ def name_of(
 
 def trace_id_of(
     request_headers: Sequence[HeaderValue],
-    trace_id_headers: tuple[str,...] = DEFAULT_TRACE_ID_HEADERS,
+    trace_id_headers: tuple[str, ...] = DEFAULT_TRACE_ID_HEADERS,
     envoy_id: int = ENVOY_ID,
 ) -> str:
     """The trace id part of the name an inbound trace to `e.com` with these headers gets."""
     name = name_of(
         [*headers((":authority", "e.com")), *request_headers], INBOUND, trace_id_headers, envoy_id
-   )
+    )
     assert name.startswith("e.com-"), name
     assert name.endswith("-1.pb"), name
     return name.removeprefix("e.com-").removesuffix("-1.pb")
@@ -150,7 +150,7 @@ def test_seed_inbound_example_name_is_exact() -> None:
         metadata_namespace="httpbin-go-httpbin-1-56058",
         node_id="sidecar~10.0.0.9~httpbin-5f7c.httpbin-go-httpbin-1-56058~"
         "httpbin-go-httpbin-1-56058.svc.cluster.local",
-   )
+    )
     message = buffered(headers((":authority", SEED_AUTHORITY), ("x-b3-traceid", B3)))
 
     assert names_of(make_deriver(), message, inbound) == [
@@ -234,7 +234,7 @@ def test_namespace_comes_from_node_metadata_first() -> None:
         metadata_namespace="from-metadata",
         node_id="sidecar~10.0.0.7~sleep-7d4f.from-node~from-node.svc.cluster.local",
         cluster="sleep.from-cluster",
-   )
+    )
 
     assert sender.client_namespace == "from-metadata"
 
@@ -245,7 +245,7 @@ def test_namespace_falls_back_to_istio_node_id_fourth_field_first_label() -> Non
         metadata_namespace=None,
         node_id="sidecar~10.0.0.7~sleep-7d4f.sleep-2-59564~sleep-2-59564.svc.cluster.local",
         cluster="sleep.from-cluster",
-   )
+    )
 
     assert sender.client_namespace == "sleep-2-59564"
 
@@ -264,7 +264,7 @@ def test_non_string_metadata_namespace_is_ignored() -> None:
 def test_namespace_falls_back_to_cluster_after_its_last_dot() -> None:
     sender = identity_for(
         "t-outbound", metadata_namespace=None, node_id="router~not-istio", cluster="app.team.ns-3"
-   )
+    )
 
     assert sender.client_namespace == "ns-3"
 
@@ -361,7 +361,7 @@ def test_x_b3_traceid_wins_over_every_other_source() -> None:
         ("traceparent", TRACEPARENT),
         ("b3", B3_SINGLE),
         ("x-b3-traceid", B3),
-   )
+    )
 
     assert trace_id_of(request_headers) == B3
 
@@ -391,7 +391,7 @@ def test_malformed_b3_is_skipped_to_traceparent(malformed: str) -> None:
 def test_b3_wins_over_traceparent() -> None:
     request_headers = headers(
         ("traceparent", TRACEPARENT), ("b3", "463ac35c9f6413ad-0020000000000001-1")
-   )
+    )
 
     assert trace_id_of(request_headers) == "463ac35c9f6413ad"
 
@@ -429,7 +429,7 @@ def test_malformed_traceparent_is_skipped_to_x_trace_id(malformed: str) -> None:
 def test_x_trace_id_wins_over_x_request_id() -> None:
     request_headers = headers(
         ("x-request-id", "client-rid-0001"), ("x-trace-id", "custom-trace-0001")
-   )
+    )
 
     assert trace_id_of(request_headers) == "custom-trace-0001"
 
@@ -587,10 +587,10 @@ def test_authorities_differing_only_in_ascii_case_share_a_stem() -> None:
     deriver = make_deriver()
     upper = names_of(
         deriver, buffered(headers((":authority", "EXAMPLE.com"), ("x-b3-traceid", B3))), INBOUND
-   )
+    )
     lower = names_of(
         deriver, buffered(headers((":authority", "example.com"), ("x-b3-traceid", B3))), INBOUND
-   )
+    )
 
     assert upper == [f"example.com-{B3}-1.pb"]
     assert lower == [f"example.com-{B3}-2.pb"]
@@ -600,10 +600,10 @@ def test_inputs_that_sanitise_alike_share_a_stem_but_get_distinct_sequences() ->
     deriver = make_deriver()
     slash = names_of(
         deriver, buffered(headers((":authority", "a/b"), ("x-b3-traceid", B3))), INBOUND
-   )
+    )
     underscore = names_of(
         deriver, buffered(headers((":authority", "a_b"), ("x-b3-traceid", B3))), INBOUND
-   )
+    )
 
     assert slash == [f"a_b-{B3}-1.pb"]
     assert underscore == [f"a_b-{B3}-2.pb"]
@@ -669,9 +669,9 @@ def test_every_name_is_safe_and_inside_the_output_dir(
                 metadata_namespace=namespace,
                 node_id=node_id,
                 cluster=cluster,
-           ),
+            ),
             Direction.INBOUND,
-       )
+        )
         for name in names_of(deriver, message, sender):
             assert_safe(name)
             assert len(name.encode()) + 19 <= 255  # room left for a 20-digit sequence
@@ -690,7 +690,7 @@ clashing_text = st.one_of(
     st.text(st.sampled_from("aA/_.-\u212ak%\x00"), max_size=6),
     st.builds(
         lambda n, tail: "a" * n + tail, st.integers(110, 300), st.sampled_from(["", "b", "/"])
-   ),
+    ),
 )
 
 

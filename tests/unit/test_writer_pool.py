@@ -65,6 +65,7 @@ def settled_into(outcomes: list[bool]) -> Callable[[bool], None]:
     return outcomes.append
 
 
+@pytest.mark.asyncio
 async def test_every_file_is_published_and_settled_once(tmp_path: Path) -> None:
     outcomes: list[bool] = []
     pool = make_pool(disk(tmp_path))
@@ -74,6 +75,7 @@ async def test_every_file_is_published_and_settled_once(tmp_path: Path) -> None:
     assert len(list(tmp_path.iterdir())) == 100
 
 
+@pytest.mark.asyncio
 async def test_a_disk_wide_error_holds_the_files_until_it_clears(tmp_path: Path) -> None:
     full = threading.Event()
     full.set()
@@ -99,6 +101,7 @@ async def test_a_disk_wide_error_holds_the_files_until_it_clears(tmp_path: Path)
     assert len(list(tmp_path.iterdir())) == 20
 
 
+@pytest.mark.asyncio
 async def test_one_file_the_disk_refuses_for_its_own_sake_does_not_block_the_rest(
     tmp_path: Path,
 ) -> None:
@@ -118,6 +121,7 @@ async def test_one_file_the_disk_refuses_for_its_own_sake_does_not_block_the_res
     assert sorted(p.name for p in tmp_path.iterdir())[0] == "small-1.pb"
 
 
+@pytest.mark.asyncio
 async def test_drop_policy_gives_up_each_failing_file_and_goes_on(tmp_path: Path) -> None:
     failures = iter([True, False, True, False])
 
@@ -134,6 +138,7 @@ async def test_drop_policy_gives_up_each_failing_file_and_goes_on(tmp_path: Path
     assert sample(pool, "tap_emulator_files_dropped_total", reason="eio") == 2
 
 
+@pytest.mark.asyncio
 async def test_a_file_retention_cannot_delete_is_counted_and_publication_goes_on(
     tmp_path: Path,
 ) -> None:
@@ -152,6 +157,7 @@ async def test_a_file_retention_cannot_delete_is_counted_and_publication_goes_on
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s-1.pb", "s-10.pb", "s-9.pb"]
 
 
+@pytest.mark.asyncio
 async def test_a_bug_while_publishing_drops_that_file_and_the_writer_lives(
     tmp_path: Path,
 ) -> None:
@@ -170,6 +176,7 @@ async def test_a_bug_while_publishing_drops_that_file_and_the_writer_lives(
     assert outcomes == [False, True]
 
 
+@pytest.mark.asyncio
 async def test_a_writer_that_dies_is_restarted_and_reported_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,6 +201,7 @@ async def test_a_writer_that_dies_is_restarted_and_reported_meanwhile(
     assert sample(pool, "tap_emulator_writer_restarts_total") == 1
 
 
+@pytest.mark.asyncio
 async def test_a_slow_disk_is_never_written_from_the_event_loop(tmp_path: Path) -> None:
     loop_thread = threading.get_ident()
     threads: set[int] = set()
@@ -223,6 +231,7 @@ async def published_on_loop(directory: Path) -> bool:
     return seen
 
 
+@pytest.mark.asyncio
 async def test_auto_mode_publishes_on_the_loop_only_on_a_memory_backed_directory(
     tmp_path: Path,
 ) -> None:
@@ -240,6 +249,7 @@ async def test_auto_mode_publishes_on_the_loop_only_on_a_memory_backed_directory
     assert not await published_on_loop(tmp_path)
 
 
+@pytest.mark.asyncio
 async def test_a_batch_stuck_in_the_disk_makes_the_pool_say_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
