@@ -1,8 +1,8 @@
 """A soak sender: steady load in short StreamTaps calls, resending any call not answered OK.
 
 Runs as a subprocess and encodes with `xds-protos` (design.md, Two copies of Envoy's API).
-It sends calls of `batch` messages at `rate` messages per second until `seconds` have passed, then finishes
-the call it is in. A call that ends with any status but OK (the server restarting, say) is
+It sends calls of `batch` messages at `rate` messages per second until `seconds` have
+passed, then finishes the call it is in. A call that ends with any status but OK (the server restarting, say) is
 sent again, whole, on the same channel (which reconnects by itself) until it is answered OK,
 so every message it generated has been acknowledged once the client exits 0: at least once,
 with the duplicates a resend makes.
