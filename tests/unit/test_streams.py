@@ -95,7 +95,9 @@ async def test_a_stream_without_traces_is_ended_as_idle_and_an_active_one_is_not
         outcomes[name] = None
 
     closer = asyncio.create_task(slots.close_idle_streams())
-    results = await asyncio.gather(hold("quiet", False), hold("busy!", True), return_exceptions=True)
+    results = await asyncio.gather(
+        hold("quiet", False), hold("busy!", True), return_exceptions=True
+    )
     closer.cancel()
     assert isinstance(results[0], asyncio.CancelledError)
     assert outcomes == {"quiet": StreamOutcome.IDLE, "busy!": None}
