@@ -19,7 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import enum
+import functools
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,41 +324,70 @@ def _to_list(name: str, value: Any) -> tuple[str, ...]:
     return tuple(item.lower() for item in items if item)
 
 
-def coerce_setting(item: dataclasses.Field[Any], value: Any) -> Any:
-    """`value` (from YAML or a flag) as the type of the settings field `item`."""
-    name, kind = item.name, item.type
+@functools.cache
+def _field_types(table: Any) -> dict[str, Any]:
+    return typing.get_type_hints(table)
+
+
+def field_types(table: type) -> dict[str, Any]:
+    """The resolved type of every field of a settings table (annotations are strings here)."""
+    return _field_types(table)
+
+
+def _to_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{name}: expected a number of seconds, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {value!r}") from None
+
+
+def _to_path(name: str, value: Any, *, optional: bool) -> Path | None:
+    if optional and (value is None or value == ""):
+        return None
+    if not isinstance(value, str | Path) or not str(value):
+        raise ConfigError(f"{name}: expected a path, got {value!r}")
+    return Path(value)
+
+
+def _to_enum(name: str, value: Any, members: type[enum.Enum]) -> enum.Enum:
+    try:
+        return members(str(value).lower())
+    except ValueError:
+        allowed = ", ".join(str(member.value) for member in members)
+        raise ConfigError(f"{name}: must be one of {allowed}, got {value!r}") from None
+
+
+def coerce_setting(item: dataclasses.Field[Any], value: Any, kind: Any = None) -> Any:
+    """`value` (from YAML or a flag) as `kind`, the resolved type of the settings field
+    `item` (a field may also carry its own `parse` in its metadata)."""
+    name = item.name
     parse = item.metadata.get("parse")
     if parse is not None:
         return parse(name, value)
-    if kind == "int":
-        return _to_int(name, value, octal=bool(item.metadata.get("octal")))
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{name}: expected a number of seconds, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{name}: expected a number of seconds, got {value!r}") from None
-    if kind == "bool":
+    optional = typing.get_origin(kind) in (types.UnionType, typing.Union) and type(None) in (
+        typing.get_args(kind)
+    )
+    if optional:
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if kind is bool:
         return _to_bool(name, value)
-    if kind in ("Path", "Path | None"):
-        if kind == "Path | None" and (value is None or value == ""):
-            return None
-        if not isinstance(value, str | Path) or not str(value):
-            raise ConfigError(f"{name}: expected a path, got {value!r}")
-        return Path(value)
-    if kind == "tuple[str, ...]":
+    if kind is int:
+        return _to_int(name, value, octal=bool(item.metadata.get("octal")))
+    if kind is float:
+        return _to_float(name, value)
+    if kind is Path:
+        return _to_path(name, value, optional=optional)
+    if typing.get_origin(kind) is tuple:
         return _to_list(name, value)
-    for enum in (NameFormat, Direction, WriteErrorPolicy, WriterMode):
-        if kind == enum.__name__:
-            try:
-                return enum(str(value).lower())
-            except ValueError:
-                allowed = ", ".join(member.value for member in enum)
-                raise ConfigError(f"{name}: must be one of {allowed}, got {value!r}") from None
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: expected text, got {value!r}")
-    return value.lower() if "choices" in item.metadata else value
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return _to_enum(name, value, kind)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected text, got {value!r}")
+        return value.lower() if "choices" in item.metadata else value
+    raise TypeError(f"setting {name} has a type no reader knows: {kind!r}")
 
 
 def _unknown(keys: list[str], known: Mapping[str, Any]) -> ConfigError:
@@ -374,7 +407,10 @@ def build_table(table: type[Table], *layers: Mapping[str, Any]) -> Table:
         unknown = sorted(str(key) for key in layer if key not in known)
         if unknown:
             raise _unknown(unknown, known)
-        merged.update({key: coerce_setting(known[key], value) for key, value in layer.items()})
+        kinds = field_types(table)
+        merged.update(
+            {key: coerce_setting(known[key], value, kinds[key]) for key, value in layer.items()}
+        )
     return table(**merged)
 
 
