@@ -1,9 +1,9 @@
-"""Issue 6 benchmark runner: the emulator against the machine's own ceilings, in one run.
+"""Benchmark runner: the emulator against the machine's own ceilings, in one run.
 
 Everything runs on loopback, in separate processes: the server under test (``python -m
-tap_emulator serve``, or a variant wrapper), the receive-only and write-only ceilings
-(``ceilings.py``) and the load generators (``load/client.py``, two processes by default).
-Each server writes into a fresh tmpfs mounted for it (decisions.md 15), unmounted after.
+tap_emulator serve``), the receive-only and write-only ceilings (``ceilings.py``) and the
+load generators (``load/client.py``, two processes by default). Each server writes into a
+fresh tmpfs mounted for it (so the disk never limits and nothing is left), unmounted after.
 
 Phases of the standard set (``make bench``, about 4 minutes):
 
@@ -75,6 +75,7 @@ PACKAGES = (
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LISTENING = re.compile(r"listening tap=(\S+):(\d+) metrics=(\S+):(\d+)")
 START_TIMEOUT_S = 30.0
+WRITE_EVENT_KEYS = frozenset({"event", "port", "pid"})
 Json = dict[str, Any]
 
 
@@ -282,7 +283,7 @@ def child_env() -> dict[str, str]:
 
 @dataclass
 class Server:
-    """A server under test: the emulator (or a variant), or the receive-only ceiling."""
+    """A server under test: the emulator, or the receive-only ceiling."""
 
     proc: Proc
     kind: str  # "emulator" or "receive"
@@ -502,7 +503,6 @@ class Bench:
     def start_emulator(
         self,
         directory: Path,
-        variant: str | None = None,
         *,
         flags: tuple[str, ...] = (),
         port: int = 0,
@@ -518,12 +518,7 @@ class Bench:
             *self.args.server_arg,
             *flags,
         ]
-        variant = variant or self.args.variant
-        if variant:
-            argv = [sys.executable, str(HERE / "profile" / "variants.py"), variant, *serve]
-        else:
-            argv = [sys.executable, "-m", "tap_emulator", *serve]
-        proc = Proc(argv, f"emulator[{variant or 'product'}]")
+        proc = Proc([sys.executable, "-m", "tap_emulator", *serve], "emulator")
 
         def listening() -> re.Match[str] | None:
             for line in proc.stderr:
@@ -644,8 +639,7 @@ class Bench:
             run.update(target=target, streams=streams, rep=rep)
             return self._keep(run)
         with self.scratch.directory() as directory:
-            variant = None if target == "emulator" else target.removeprefix("emulator:")
-            server = self.start_emulator(directory, variant)
+            server = self.start_emulator(directory)
             try:
                 clients = self.start_clients(server.port, streams, 0.0)
                 run, sent = self.measure(
@@ -701,7 +695,7 @@ class Bench:
                 ],
                 "write-only",
             )
-            proc.event("listening", START_TIMEOUT_S)
+            listening = proc.event("listening", START_TIMEOUT_S)
             server = Server(proc, "receive", 0)
             time.sleep(args.warmup)
             with RssSampler(proc.pid, 0.1):
@@ -731,6 +725,7 @@ class Bench:
             "files_on_disk": final["files_on_disk"],
             "lost": final["messages"] - final["files_on_disk"],
             "loadavg_1m": round(os.getloadavg()[0], 2),
+            "pool_settings": {k: v for k, v in listening.items() if k not in WRITE_EVENT_KEYS},
         }
         return self._keep(run)
 
@@ -990,7 +985,6 @@ def run_standard(bench: Bench) -> Json:
             "burst_streams": args.burst_streams,
             "burst_seconds": args.burst_seconds,
             "server_args": args.server_arg,
-            "variant": args.variant or "product",
         },
         "mix": {
             **bench.mix.describe(),
@@ -1061,11 +1055,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="extra flag for `tap-emulator serve` (repeatable), e.g. --server-arg=--writers=4",
-    )
-    parser.add_argument(
-        "--variant",
-        default=None,
-        help="run every emulator phase on a profile/variants.py prototype (e.g. fastest)",
     )
     parser.add_argument(
         "--product-dir",

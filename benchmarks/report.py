@@ -122,8 +122,7 @@ def _machine(result: Json) -> str:
             f"| packages | {packages} |",
             f"| load average before / after | {m['loadavg_before']} / {m.get('loadavg_after')} |",
             f"| run | {result['started']}, {result['duration_s']} s, `{result['command']}`, "
-            f"product {m.get('product_commit', '?')}, "
-            f"variant {result['config'].get('variant', 'product')} |",
+            f"product {m.get('product_commit', '?')} |",
         ]
     )
 
@@ -138,7 +137,7 @@ def write_report(result: Json, md_path: Path, png_dir: Path) -> list[Path]:
         f"# tap-emulator benchmark ({result['started']})",
         "",
         "Produced by `benchmarks/bench.py`; method in `benchmarks/README.md`. Only ratios "
-        "measured side by side in one run mean anything (decisions.md 15).",
+        "measured side by side in one run mean anything.",
         "",
         "## Summary",
         "",
