@@ -5,9 +5,10 @@
 ``StreamTaps`` handler that only counts messages and bytes: no parse, no naming, no write.
 The runner drives it with the same load generators as the emulator.
 
-``write``: the product's ``WriterPool`` (default writers, batch size and queue bounds) on
-uvloop, fed by one coroutine with the same file payloads as the load's mix (the templates'
-expected files), with no gRPC in front. The producer yields to the loop every
+``write``: the product's ``WriterPool`` built from the default settings (writers, batch
+size, queue bounds, writer mode, as ``serve`` builds it) on uvloop, fed by one coroutine
+with the same file payloads as the load's mix (the templates' expected files), with no
+gRPC in front. The producer yields to the loop every
 ``YIELD_EVERY`` files (a stream handler yields on every read) and otherwise waits only when
 the queue is full.
 
@@ -123,6 +124,7 @@ def count_files(directory: Path) -> int:
 async def write_only(args: argparse.Namespace) -> None:
     from load import payloads
 
+    from tap_emulator.config import Settings
     from tap_emulator.observe.metrics import Metrics
     from tap_emulator.write.pool import Publication, WriterPool
 
@@ -134,7 +136,17 @@ async def write_only(args: argparse.Namespace) -> None:
         for t in catalog.transactions
         for m in t.messages
     ]
-    pool = WriterPool(Path(args.dir), Metrics())  # the product's defaults
+    # Built from the default settings as `serve` builds it, so the ceiling follows the product.
+    settings = Settings()
+    pool = WriterPool(
+        Path(args.dir),
+        Metrics(),
+        writers=settings.writers,
+        batch_max_items=settings.writer_batch_max_items,
+        max_items=settings.queue_max_items,
+        max_bytes=settings.queue_max_bytes,
+        mode=settings.writer_mode,
+    )
     pool.open()
     await pool.start()
     loop = asyncio.get_running_loop()
@@ -145,7 +157,16 @@ async def write_only(args: argparse.Namespace) -> None:
         lambda: emit("snapshot", messages=pool.published, produced=produced["n"], **own_usage()),
     )
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    emit("listening", port=0, pid=os.getpid())
+    emit(
+        "listening",
+        port=0,
+        pid=os.getpid(),
+        writers=settings.writers,
+        writer_batch_max_items=settings.writer_batch_max_items,
+        queue_max_items=settings.queue_max_items,
+        queue_max_bytes=settings.queue_max_bytes,
+        writer_mode=str(settings.writer_mode.value),
+    )
 
     async def produce() -> None:
         count = len(files)
