@@ -31,7 +31,7 @@ PY_SPY = Path(sys.executable).with_name("py-spy")
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     (
         "writer thread: open/write/link/unlink syscalls",
-        ("_publish (tap_emulator/write/pool.py", "_link_free", "_publish_batch"),
+        ("write/publisher.py", "_link_free", "_publish_batch"),
     ),
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("FromString (parse)", ("_decode (tap_emulator/ingest/",)),
