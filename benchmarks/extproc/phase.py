@@ -48,8 +48,9 @@ WARMUP_S = 1.0
 IDLE_S = 2.0
 MODES = ("closed", "fixed")
 STATS_FILTER = r"^(http\.(notap|tap|extproc)\.|cluster\.(emulator|upstream)\.)"
+EXTPROC_OUTCOMES = "tap_emulator_extproc_transactions_total"
 PROCESS_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
-LOSS_WORDS = re.compile(r"dropped|rejected|lost|abandon|incomplete|fail")
+LOSS_WORDS = re.compile(r"dropped|rejected|refused|lost|abandon|fail")
 #: Goals the ext_proc tap is judged against.
 ENVOY_CPU_RATIO_GOAL = 1.5
 EMULATOR_TX_PER_CORE_GOAL = 3000.0
@@ -502,6 +503,10 @@ class ExtProcPhase:
             "lost": sent - written,
             "counted_lost_by_emulator": counted,
             "counted_lost_total": sum(counted.values()),
+            # written, but how complete (an aborted transaction is written as far as it got)
+            "emulator_outcomes": {
+                k: v for k, v in samples.items() if k.startswith(EXTPROC_OUTCOMES) and v
+            },
             "envoy": envoy_side,
         }
 

@@ -115,9 +115,12 @@ def test_counted_loss_skips_ok_streams_and_zero_counters(
         'tap_emulator_streams_ended_total{outcome="cancelled"}': 2.0,
         'tap_emulator_files_dropped_total{reason="enospc"}': 0.0,
         'tap_emulator_messages_rejected_total{reason="decode"}': 1.0,
+        'tap_emulator_streams_refused_total{reason="peer_limit",source="ext_proc"}': 3.0,
+        'tap_emulator_extproc_transactions_total{outcome="incomplete"}': 4.0,
         "tap_emulator_files_written_total": 100.0,
     }
     assert bench_modules["phase"].counted_lost(samples) == {
         'tap_emulator_streams_ended_total{outcome="cancelled"}': 2.0,
         'tap_emulator_messages_rejected_total{reason="decode"}': 1.0,
+        'tap_emulator_streams_refused_total{reason="peer_limit",source="ext_proc"}': 3.0,
     }
