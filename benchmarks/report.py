@@ -229,20 +229,21 @@ def extproc_table(ext: Json) -> str:
     rate = settings["fixed_rate_req_per_s"]
     lines = [
         f"| arm | closed loop, {settings['connections']} connections: req/s | p50 | p99 | "
-        f"Envoy CPU/req | fixed {rate:,.0f} req/s: p50 | p99 | Envoy CPU/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"Envoy CPU/req | fixed {rate:,.0f} req/s: req/s held | p50 | p99 | Envoy CPU/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, name in ARM_NAMES.items():
         closed, fixed = summary["closed"][arm], summary["fixed"][arm]
         if not closed.get("available"):
             reason = ext.get("extproc_arm", {}).get("reason", "not measured")
-            lines.append(f"| {name} | not available: {reason} | | | | | | |")
+            lines.append(f"| {name} | not available: {reason} | | | | | | | |")
             continue
         lines.append(
             f"| {name} | {_ratio(closed, 'req_per_s', 0)} | {_ratio(closed, 'p50_ms', 2, ' ms')} | "
             f"{_ratio(closed, 'p99_ms', 2, ' ms')} | "
             f"{_ratio(closed, 'envoy_cpu_us_per_request', 0, ' µs')} | "
-            f"{_ratio(fixed, 'p50_ms', 2, ' ms')} | {_ratio(fixed, 'p99_ms', 2, ' ms')} | "
+            f"{_n(fixed.get('req_per_s'))} | {_ratio(fixed, 'p50_ms', 2, ' ms')} | "
+            f"{_ratio(fixed, 'p99_ms', 2, ' ms')} | "
             f"{_ratio(fixed, 'envoy_cpu_us_per_request', 0, ' µs')} |"
         )
     goals = ext.get("goals", {})
