@@ -288,11 +288,16 @@ def extproc_details(ext: Json) -> str:
             f"{_n(fixed.get('emulator_transactions_per_core_s'))} per core "
             f"({_n(fixed.get('emulator_cpu_us_per_transaction'))} µs per transaction).",
             "",
+            f"**Lost by mode:** closed loop {_n(closed.get('lost'))} of "
+            f"{_n(closed.get('sent'))} transactions, fixed rate {_n(fixed.get('lost'))} of "
+            f"{_n(fixed.get('sent'))}.",
+            "",
         ]
         loss = ext["loss"]
         parts += [
             f"**Loss** (the whole part): {_n(loss['transactions_sent'])} transactions sent, "
-            f"{_n(loss['files_written'])} files written, lost {_n(loss['lost'])}; counted by "
+            f"{_n(loss['files_written'])} files written, lost {_n(loss['lost'])} (the emulator "
+            f"opened {_n(loss.get('emulator_streams_opened'))} ext_proc streams); counted by "
             f"the emulator's metrics: {loss['counted_lost_by_emulator'] or 'none'}; Envoy: "
             f"{loss['envoy']}.",
             "",
