@@ -73,6 +73,8 @@ from procs import (  # noqa: E402
     proc_memory_kib,
 )
 
+from tap_emulator.config import Settings  # noqa: E402
+
 RESULTS = HERE / "results"
 LATEST = RESULTS / "latest.json"
 REFERENCE = RESULTS / "reference"
@@ -88,6 +90,7 @@ LISTENING = re.compile(r"listening tap=(\S+):(\d+) metrics=(\S+):(\d+)")
 START_TIMEOUT_S = 30.0
 WRITE_EVENT_KEYS = frozenset({"event", "port", "pid"})
 PARTS = ("standard", "extproc")
+PRODUCT_SETTINGS = Settings()
 Json = dict[str, Any]
 
 
@@ -176,6 +179,18 @@ class Server:
             "cpu_s": proc_cpu_s(self.pid),
             **proc_memory_kib(self.pid),
         }
+
+
+def per_peer_flags() -> list[str]:
+    """Every simulated proxy connects from 127.0.0.1, one peer address to the emulator: its
+    per-peer share of the stream slots is lifted to the whole limit, as many proxies from
+    many addresses would have it (``--server-arg`` can set it back). Products older than
+    the per-peer limit (``--product-dir``) get nothing."""
+    config = PRODUCT[0] / "tap_emulator" / "config.py"
+    with contextlib.suppress(OSError):
+        if "max_streams_per_peer" in config.read_text():
+            return ["--max-streams-per-peer", str(PRODUCT_SETTINGS.max_concurrent_streams)]
+    return []
 
 
 class Measured(Protocol):
@@ -339,6 +354,7 @@ class Bench:
             "127.0.0.1:0",
             "--output-dir",
             str(directory),
+            *per_peer_flags(),
             *self.args.server_arg,
             *flags,
         ]
@@ -642,8 +658,11 @@ class Bench:
                 "other_cores",
                 "peak_rss_mb",
                 "lost",
+                "streams_ok",
             )
         }
+        if run.get("streams_not_ok"):
+            shown["streams_not_ok"] = run["streams_not_ok"][:1]
         print(f"    {shown}", flush=True)
         return run
 
