@@ -59,7 +59,9 @@ $(VENV)/.bench: $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,lint,bench]'
 	touch $@
 
-bench: $(VENV)/.bench ## throughput, latency, memory against this machine's ceilings (~3 min; ARGS=--reference refreshes benchmarks/results/reference)
+# The ext_proc part drives Envoy with nghttp2's h2load (Debian's nghttp2-client).
+bench: $(VENV)/.bench ## emulator against this machine's ceilings, then Envoy's cost of each tap (~5 min; ARGS="--only extproc" for that part alone, ARGS=--reference refreshes benchmarks/results/reference)
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 FUZZ_SECONDS ?= 60

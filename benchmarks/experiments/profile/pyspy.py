@@ -2,11 +2,12 @@
 
 Starts the product server on a fresh tmpfs, drives it with the standard load generators
 (closed loop, ``--streams``), and records ``py-spy record --pid`` for ``--seconds``: a
-flame graph (SVG) and the raw collapsed stacks (text, for `summarize`), then stops
-everything and verifies the files. ``--variant NAME`` profiles a `variants.py` wrapper.
+flame graph (SVG) or the raw collapsed stacks (text, for `summarize`), then stops
+everything and verifies the files. Output goes to ``benchmarks/results/profile/`` (not
+tracked) unless ``--out`` says otherwise.
 
-    python benchmarks/profile/pyspy.py --seconds 15 --out benchmarks/profile/out
-    python benchmarks/profile/pyspy.py --summarize benchmarks/profile/out/emulator.txt
+    python benchmarks/experiments/profile/pyspy.py --seconds 15 --native --rate 100
+    python benchmarks/experiments/profile/pyspy.py --summarize benchmarks/results/profile/x.txt
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))
 
 import bench  # noqa: E402
 from load.verify import verify  # noqa: E402
@@ -30,18 +31,18 @@ PY_SPY = Path(sys.executable).with_name("py-spy")
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     (
         "writer thread: open/write/link/unlink syscalls",
-        ("_publish (tap_emulator/writer.py", "_link_free", "_publish_batch"),
+        ("write/publisher.py", "_link_free", "_publish_batch"),
     ),
     ("metrics (prometheus_client)", ("prometheus_client",)),
-    ("FromString (parse)", ("_decode (tap_emulator/ingest.py",)),
+    ("FromString (parse)", ("_decode (tap_emulator/ingest/",)),
     ("SerializeToString", ("SerializeToString",)),
     ("redaction", ("redact_trace", "_redact_headers")),
     ("sequence floor: stat() per new stem", ("highest_published", "_exists")),
-    ("naming (find_header, trace id, stem)", ("naming.py",)),
-    ("correlation tables (LRU)", ("correlate.py",)),
-    ("derive (rest)", ("derive.py",)),
-    ("WriterPool queue / settle", ("writer.py",)),
-    ("ingest handler (rest)", ("ingest.py",)),
+    ("naming (find_header, trace id, stem)", ("derive/naming.py",)),
+    ("correlation tables (LRU)", ("derive/correlate.py",)),
+    ("derive (rest)", ("derive/deriver.py",)),
+    ("WriterPool queue / settle", ("write/pool.py",)),
+    ("ingest handler (rest)", ("tap_emulator/ingest/",)),
     ("grpc.aio read path (cygrpc, _server)", ("grpc/_cython", "cygrpc", "grpc/aio", "_server.py")),
     ("event loop (uvloop/asyncio)", ("uvloop", "asyncio")),
 ]
@@ -76,13 +77,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--rate", type=float, default=200.0, help="py-spy samples per second")
-    parser.add_argument("--variant", default=None)
-    parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument("--out", type=Path, default=HERE.parents[1] / "results" / "profile")
     parser.add_argument("--summarize", type=Path, default=None)
     parser.add_argument("--native", action="store_true", help="include C/Cython frames")
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     parser.add_argument("--svg", action="store_true", help="write a flame graph instead of raw")
-    parser.add_argument("--name", default=None, help="output file stem (default: variant)")
+    parser.add_argument("--name", default="emulator", help="output file stem")
     parser.add_argument(
         "--product-dir", type=Path, default=None, help="profile the tap_emulator found here"
     )
@@ -96,10 +96,10 @@ def main() -> None:
         bench.PRODUCT[0] = args.product_dir.resolve()
     options = bench.parse_args(["--streams", str(args.streams)])
     runner = bench.Bench(options)
-    name = args.name or args.variant or "emulator"
+    name = args.name
     try:
         with runner.scratch.directory() as directory:
-            server = runner.start_emulator(directory, args.variant)
+            server = runner.start_emulator(directory)
             clients = runner.start_clients(server.port, args.streams, 0.0)
             time.sleep(1.0)
             before = server.snapshot()

@@ -12,8 +12,8 @@ The runner starts several of these processes, so clients never share the server'
 loop. Output is JSON lines on stdout: ``{"event": "streaming"}`` once every stream is open,
 then ``{"event": "done", ...}`` with completed writes, bytes and final statuses.
 
-    python benchmarks/transport/loadgen.py --port 50051 --streams 4 --seconds 10
-    python benchmarks/transport/loadgen.py --port 50051 --oversize 17825792
+    python benchmarks/experiments/transport/loadgen.py --port 50051 --streams 4 --seconds 10
+    python benchmarks/experiments/transport/loadgen.py --port 50051 --oversize 17825792
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ files, no temporary left) and removed afterwards.  Directories given with
 
 Reproduce (from the repository root)::
 
-    python benchmarks/writers/compare_writers.py \\
+    python benchmarks/experiments/writers/compare_writers.py \\
         --dir /dev/shm/writerbench --dir /work/tmp-writerbench
 """
 
@@ -95,7 +95,7 @@ OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TMPFILE_FLAGS = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
 FILE_MODE = 0o640
 TEMP_PREFIX = "tap-tmp-"
-SMALL_SIZE = 1573  # one buffered HTTP trace with a 1 KiB body (perf-notes.md)
+SMALL_SIZE = 1573  # one buffered HTTP trace with a 1 KiB body
 LARGE_SIZE = 64 * 1024
 
 Kind = Literal["inline", "executor", "aiofiles", "batched"]
@@ -948,7 +948,7 @@ def markdown_tables(summary: dict[str, Any], targets: list[tuple[str, Path, bool
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument(
         "--dir",

@@ -8,9 +8,10 @@ sends it once per stream.
 
 Messages are serialized once, up front, so the load generator spends its time on the
 transport and not on protobuf. This module imports ``xds-protos``; it must only ever run in
-benchmark processes, never next to the product's own generated code (decisions.md §1).
+benchmark processes, never next to the product's own generated code (both register the
+same proto names).
 
-Run it to print the sizes: ``python benchmarks/transport/payloads.py``.
+Run it to print the sizes: ``python benchmarks/experiments/transport/payloads.py``.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 A generic handler takes the raw message bytes (no deserializer), counts them and drops
 them. ``--bdp-probe off`` (the default) sets ``grpc.http2.bdp_probe=0``, which bounds what
-the transport takes in while a handler does not read (decisions.md §2); ``--bdp-probe on``
+the transport takes in while a handler does not read (backpressure relies on it); ``--bdp-probe on``
 keeps gRPC's default, for the memory comparison. The receive limit is 16 MiB either way.
 ``--option NAME=INTEGER`` adds a channel argument, e.g. a fixed stream window with
 ``grpc.http2.lookahead_bytes=262144``.
 
-    python benchmarks/transport/server_grpc_aio.py --port 50051 [--loop uvloop] [--parse]
+    python benchmarks/experiments/transport/server_grpc_aio.py --port 50051 [--loop uvloop]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ tmpfs, one executor hop, and the candidate "write the trace's bytes as received"
 the trace field in the raw message). Each figure is the best of ``--repeat`` passes over
 ``--messages`` messages, in microseconds per message (or per file).
 
-    python benchmarks/profile/hotpath.py --messages 20000 --repeat 5
+    python benchmarks/experiments/profile/hotpath.py --messages 20000 --repeat 5
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))
 
 from load import client, payloads  # noqa: E402
 

@@ -4,7 +4,7 @@ A pass-through codec hands the handler the raw message bytes; the handler counts
 drops them. grpclib's flow-control windows are left at their defaults (4 MiB per stream and
 per connection); grpclib has no maximum message size (vmagamedov/grpclib#195).
 
-    python benchmarks/transport/server_grpclib.py --port 50051 [--loop uvloop] [--parse]
+    python benchmarks/experiments/transport/server_grpclib.py --port 50051 [--loop uvloop] [--parse]
 """
 
 from __future__ import annotations

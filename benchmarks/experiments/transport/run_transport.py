@@ -19,7 +19,7 @@ Clients are separate processes (``loadgen.py``, grpcio's asyncio client, raw byt
 they never share the server's event loop; servers and clients share the machine's cores.
 Results go to ``benchmarks/results/transport.json`` and a Markdown summary to stdout.
 
-    python benchmarks/transport/run_transport.py --seconds 10 --repeat 3
+    python benchmarks/experiments/transport/run_transport.py --seconds 10 --repeat 3
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any, Self
 from serverkit import proc_memory_kib
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "transport.json"
 PACKAGES = ("grpcio", "grpclib", "h2", "uvloop", "protobuf", "xds-protos")
 
@@ -540,7 +540,9 @@ async def run(args: argparse.Namespace) -> Json:
         oversize[variant.name] = await measure_oversize(variant)
     return {
         "benchmark": "transport",
-        "command": " ".join(["python", "benchmarks/transport/run_transport.py", *sys.argv[1:]]),
+        "command": " ".join(
+            ["python", "benchmarks/experiments/transport/run_transport.py", *sys.argv[1:]]
+        ),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "machine_load": {
