@@ -105,7 +105,9 @@ def test_through_the_emulators_sidecar_nothing_is_lost_or_held_back_while_it_is_
     certificates: MeshCertificates,
     tmp_path: Path,
 ) -> None:
-    emulator = start_emulator()
+    # Room in the writers' queue for the whole download (streamed, it is 256 MiB of segment
+    # files): with the default 64 MiB the emulator may drop it whole, by design, on any path.
+    emulator = start_emulator("--queue-max-bytes", "512MiB")
     with through_the_sidecar(envoy_binary, tmp_path, bulk.port, emulator, certificates) as path:
         port = path.capturing.ports[LISTENER]
         load = PacedLoad(port, rate_per_second=200, duration_seconds=5).start().join()
