@@ -19,9 +19,10 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,7 +88,7 @@ def through_the_sidecar(
     backend_port: int,
     emulator: EmulatorProcess,
     certificates: MeshCertificates,
-    values: dict[str, object] | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> Iterator[MeshPath]:
     sidecar_bootstrap = emulator_sidecar_bootstrap(address(emulator.tap), certificates)
     with running_envoy(envoy, sidecar_bootstrap, scratch / "sidecar") as sidecar:
