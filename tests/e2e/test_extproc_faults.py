@@ -65,6 +65,7 @@ SMALL_REQUEST_BOUND_SECONDS = 5.0
 MEMORY_ALLOCATED_BOUND_BYTES = 64 * MIB
 RSS_BOUND_BYTES = 128 * MIB
 DOWNLOAD_BYTES = 256 * MIB
+SIDE_BY_SIDE_DOWNLOAD_BYTES = 32 * MIB
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +203,13 @@ def test_an_emulator_restarted_under_load_costs_the_clients_nothing_and_taps_res
 def test_a_full_writer_queue_drops_whole_transactions_and_the_proxy_stays_as_fast_as_beside_a_healthy_emulator(  # noqa: E501
     envoy_binary: Path, bulk: HelperProcess, start_emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    """Two capturing Envoys side by side under the same load at the same time: one sends to an
-    emulator whose writers publish nothing (a stalled disk) behind a 4-file queue, the other to
-    a healthy emulator. The stalled one drops whole transactions, counted; its proxy's requests
-    succeed and are as fast as the other's, within the stated margins."""
+    """Two capturing Envoys side by side, the same traffic through both at the same time: 100
+    small GETs a second for 5 s and one 32 MiB download. One sends to an emulator whose writers
+    publish nothing (a stalled disk) behind a 4-file queue, the other to a healthy emulator.
+    The stalled one drops whole transactions, counted, and keeps reading: its proxy's requests
+    succeed as fast as the other's, and its download is not held back (an emulator that waited
+    for room would stop reading, and side-stream flow control would stall the download; small
+    requests alone would not show it)."""
     gate = tmp_path / "never-opened"
     stalled = start_emulator(
         "--queue-max-items",
@@ -213,7 +217,8 @@ def test_a_full_writer_queue_drops_whole_transactions_and_the_proxy_stays_as_fas
         output_dir=tmp_path / "stalled",
         entry=slow_server_entry(0.0, gate),
     )
-    healthy = start_emulator(output_dir=tmp_path / "healthy")
+    # Room for the whole download in the healthy emulator's queue (its segments are 32 MiB).
+    healthy = start_emulator("--queue-max-bytes", "256MiB", output_dir=tmp_path / "healthy")
     with (
         capturing_envoy(
             envoy_binary, tmp_path / "a", bulk.port, address(stalled.tap)
@@ -222,23 +227,40 @@ def test_a_full_writer_queue_drops_whole_transactions_and_the_proxy_stays_as_fas
             envoy_binary, tmp_path / "b", bulk.port, address(healthy.tap)
         ) as beside_healthy,
     ):
+        pair = (beside_stalled, beside_healthy)
         loads = [
             PacedLoad(envoy.ports[LISTENER], rate_per_second=100, duration_seconds=5).start()
-            for envoy in (beside_stalled, beside_healthy)
+            for envoy in pair
         ]
+        time.sleep(1)
+        transfers = [
+            BackgroundDownload(envoy.ports[LISTENER], f"/bytes/{SIDE_BY_SIDE_DOWNLOAD_BYTES}")
+            for envoy in pair
+        ]
+        for transfer in transfers:
+            transfer.start()
+        stalled_download, healthy_download = (transfer.join(120) for transfer in transfers)
         full, normal = (load.join() for load in loads)
         assert wait_for(lambda: settled(stalled) and settled(healthy))
     all_answered(full)
     all_answered(normal)
     dropped = counts_of(stalled).dropped["queue_full"]
     print(
-        f"queue full: {full.summary()}; beside a healthy emulator: {normal.summary()}; "
-        f"dropped {dropped:.0f} of {full.sent} transactions"
+        f"queue full: {full.summary()}, download {stalled_download}; beside a healthy "
+        f"emulator: {normal.summary()}, download {healthy_download}; dropped {dropped:.0f} of "
+        f"{full.sent + 1} transactions"
     )
     # The queue holds the first transaction; every later one finds it full and goes whole.
-    assert counts_of(stalled).complete + dropped == full.sent
-    assert dropped >= full.sent - 2
-    assert counts_of(healthy).complete == normal.sent
-    # Latency: the same within 1.5x + 1 ms at the median and 2x + 5 ms at p95.
-    assert full.median_seconds() <= 1.5 * normal.median_seconds() + 0.001
-    assert full.percentile_seconds(95) <= 2 * normal.percentile_seconds(95) + 0.005
+    assert counts_of(stalled).complete + dropped == full.sent + 1
+    assert dropped >= full.sent - 1
+    assert counts_of(healthy).complete == normal.sent + 1
+    for downloaded in (stalled_download, healthy_download):
+        assert downloaded.status == 200, downloaded
+        assert downloaded.received_bytes == SIDE_BY_SIDE_DOWNLOAD_BYTES, downloaded
+    # Not held back: no pause over 2 s, and done within 2x the healthy side's time + 2 s.
+    assert stalled_download.longest_gap_seconds <= 2.0, stalled_download
+    assert stalled_download.seconds <= 2 * healthy_download.seconds + 2.0
+    # Small requests: the same within 1.5x + 2 ms at the median, 3x + 20 ms at p95 (a machine
+    # shared with other work moves the tail of both, not one).
+    assert full.median_seconds() <= 1.5 * normal.median_seconds() + 0.002
+    assert full.percentile_seconds(95) <= 3 * normal.percentile_seconds(95) + 0.020
