@@ -32,8 +32,12 @@ EXCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/excludeInboundPorts"
 
 # The settings `tap-emulator serve` reads (the emulator's settings contract).
 # Every `serve` setting appears in the chart's settings file, with its default, so a user
-# sees each one; the TLS files only when a Secret is given (see the TLS test).
-TLS_SETTINGS = {"tls_cert_file", "tls_key_file", "tls_client_ca_file"}
+# sees each one; the TLS files only when a Secret is given (see the TLS tests).
+TLS_SETTINGS = {"tls_cert_file", "tls_key_file", "tls_client_ca_file"} | {
+    "forward_tls_ca_file",
+    "forward_tls_cert_file",
+    "forward_tls_key_file",
+}
 SERVE_SETTINGS = set(FIELDS) - TLS_SETTINGS
 
 
@@ -523,7 +527,7 @@ def a_setting(name: str, kind: str) -> Any:
 
 
 def test_schema_generator_maps_an_optional_setting_to_its_type_or_null() -> None:
-    schema = schema_generator().field_schema("forward_to", a_setting("forward_to", "str | None"))
+    schema = schema_generator().field_schema("relay_to", a_setting("relay_to", "str | None"))
     assert schema == {
         "description": "a new setting",
         "anyOf": [{"type": "string"}, {"type": "null"}],
