@@ -157,6 +157,8 @@ class Settings:
         "",
         "HOST:PORT of a TapSinkService (a network analysis tool) to stream every accepted "
         "trace to, one stream per sender ('' : off)",
+        metavar="HOST:PORT",
+        shown="off",
     )
     forward_tls_ca_file: Path | None = setting(
         None,
@@ -177,6 +179,7 @@ class Settings:
         WhenFull.DROP_OLDEST,
         "when the forward queue is full: drop_oldest (the tool gets the freshest traces) or "
         "drop_newest; either way the sources never wait",
+        metavar="POLICY",
     )
     forward_max_message_bytes: int = setting(
         4 * MiB,

@@ -90,6 +90,7 @@ def start_a(start_emulator: EmulatorFactory, tmp_path: Path, *args: str) -> Emul
     return start_emulator(*args, output_dir=tmp_path / "a")
 
 
+@pytest.mark.asyncio
 async def play_vectors(a: EmulatorProcess) -> list[ExtProcCase]:
     """Every recorded ext_proc stream, played into A on one connection, as one Envoy would."""
     cases = load_all()
@@ -173,6 +174,7 @@ def test_each_sender_gets_one_stream_that_starts_with_its_identifier(
     assert {r.trace_sha256 for r in sink.records()} == a_digests
 
 
+@pytest.mark.asyncio
 async def test_ext_proc_transactions_reach_b_byte_for_byte_under_the_names_a_gave_them(
     start_emulator: EmulatorFactory, tmp_path: Path, b: EmulatorProcess
 ) -> None:
@@ -184,6 +186,7 @@ async def test_ext_proc_transactions_reach_b_byte_for_byte_under_the_names_a_gav
     assert b_files == a_files
 
 
+@pytest.mark.asyncio
 async def test_ext_proc_senders_reach_the_tool_as_the_proxy_and_its_capture_point(
     start_emulator: EmulatorFactory, tmp_path: Path, sink: RecordingSink
 ) -> None:

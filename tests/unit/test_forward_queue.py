@@ -124,6 +124,7 @@ def test_clear_empties_a_lane_and_frees_its_share() -> None:
     assert drain(queue, kept) == [1]
 
 
+@pytest.mark.asyncio
 async def test_a_waiting_lane_wakes_when_a_trace_arrives() -> None:
     queue = ForwardQueue(10, 1 << 20, WhenFull.DROP_OLDEST)
     lane = Lane()
@@ -133,5 +134,6 @@ async def test_a_waiting_lane_wakes_when_a_trace_arrives() -> None:
     assert await asyncio.wait_for(waiting, 1.0) is True
 
 
+@pytest.mark.asyncio
 async def test_an_idle_lane_says_so_after_its_timeout() -> None:
     assert await Lane().wait(0.01) is False

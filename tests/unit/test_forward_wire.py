@@ -58,9 +58,10 @@ def test_later_messages_carry_the_trace_bytes_untouched_and_no_identifier() -> N
 
 def test_a_trace_id_of_zero_is_left_out_as_protobuf_does() -> None:
     payload = a_trace()
-    assert encode_request(payload, 0) == StreamTapsRequest(
-        trace=TraceWrapper.FromString(payload)
-    ).SerializeToString()
+    assert (
+        encode_request(payload, 0)
+        == StreamTapsRequest(trace=TraceWrapper.FromString(payload)).SerializeToString()
+    )
 
 
 def test_a_sender_known_by_nothing_sends_no_identifier() -> None:
