@@ -8,7 +8,9 @@ Each repeat runs both phases, in an order that rotates from one repeat to the ne
   (``ceilings.py receive``: the product's transport with a handler that only counts).
 
 The figure is the messages/s the emulator accepted (its own counter, over the window). The
-ratio is the median of ``on`` over the median of ``off``; the goal is at least 0.8. Beside it:
+ratio is the median of ``on`` over the median of ``off``; the goal is at least 0.8. Then both
+phases run once more in open loop at ``--load-fraction`` (default 0.5) of the closed-loop
+``off`` median: below saturation, does forwarding cost the mesh anything? Beside it:
 what the sink received (how much of the load was forwarded), the forward queue's drops, and CPU
 per 10k messages of the emulator and of the sink (the sink shares the two cores too, so part
 of the cost of ``on`` is the tool's, which a real deployment runs elsewhere).
@@ -66,17 +68,18 @@ def forward_counters(metrics_port: int) -> Json:
     return found
 
 
-def one_run(runner: bench.Bench, forwarding: bool, rep: int) -> Json:
+def one_run(runner: bench.Bench, forwarding: bool, rep: int, rate: float = 0.0) -> Json:
     args = runner.args
     label = "on" if forwarding else "off"
-    print(f"  rep {rep} forwarding {label}: {args.streams} streams, closed loop", flush=True)
+    loop = f"open loop at {rate:.0f} msg/s" if rate else "closed loop"
+    print(f"  rep {rep} forwarding {label}: {args.streams} streams, {loop}", flush=True)
     sink = runner.start_receive_only() if forwarding else None
     try:
         with runner.scratch.directory() as directory:
             flags = ("--forward-to", f"127.0.0.1:{sink.port}") if sink is not None else ()
             server = runner.start_emulator(directory, flags=flags)
             try:
-                clients = runner.start_clients(server.port, args.streams, 0.0)
+                clients = runner.start_clients(server.port, args.streams, rate)
                 time.sleep(args.warmup)
                 window = measure(server, sink, clients, args.window)
                 streams = clients.stop()
@@ -88,6 +91,7 @@ def one_run(runner: bench.Bench, forwarding: bool, rep: int) -> Json:
     result: Json = {
         "forwarding": forwarding,
         "rep": rep,
+        "offered_msgs_per_s": rate or None,
         **window,
         "streams_ok": sum(1 for s in streams if s["code"] == "OK"),
         "streams_not_ok": [f"{s['code']}: {s['details']}" for s in streams if s["code"] != "OK"],
@@ -157,7 +161,9 @@ def measure(
 
 def summary(runs: list[Json]) -> Json:
     def median_of(forwarding: bool, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["forwarding"] is forwarding)
+        return statistics.median(
+            r[key] for r in runs if r["forwarding"] is forwarding and not r["offered_msgs_per_s"]
+        )
 
     off, on = median_of(False, "msgs_per_s"), median_of(True, "msgs_per_s")
     ratio = on / off if off else 0.0
@@ -171,7 +177,27 @@ def summary(runs: list[Json]) -> Json:
         "on_server_cpu_s_per_10k": round(median_of(True, "server_cpu_s_per_10k"), 4),
         "sink_cpu_s_per_10k": round(median_of(True, "sink_cpu_s_per_10k"), 4),
         "forwarded_share": round(median_of(True, "forwarded_share"), 4),
-        "forward_dropped": sum(r.get("forward_dropped", 0) for r in runs),
+        "forward_dropped": sum(
+            r.get("forward_dropped", 0) for r in runs if not r["offered_msgs_per_s"]
+        ),
+    }
+
+
+def open_loop_summary(runs: list[Json]) -> Json:
+    """The open-loop pair: accepted against offered, CPU per message, with and without."""
+    off, on = (
+        next(r for r in runs if r["offered_msgs_per_s"] and r["forwarding"] is forwarding)
+        for forwarding in (False, True)
+    )
+    return {
+        "offered_msgs_per_s": off["offered_msgs_per_s"],
+        "off_msgs_per_s": off["msgs_per_s"],
+        "on_msgs_per_s": on["msgs_per_s"],
+        "ratio": round(on["msgs_per_s"] / off["msgs_per_s"], 3) if off["msgs_per_s"] else 0.0,
+        "off_server_cpu_s_per_10k": off["server_cpu_s_per_10k"],
+        "on_server_cpu_s_per_10k": on["server_cpu_s_per_10k"],
+        "forwarded_share": on["forwarded_share"],
+        "forward_dropped": on["forward_dropped"],
     }
 
 
@@ -182,6 +208,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.5, help="seconds before each window")
     parser.add_argument("--streams", type=int, default=32, help="load streams per run")
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--load-fraction",
+        type=float,
+        default=0.5,
+        help="open-loop phase: this share of the closed-loop off median (0: skip it)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
         "--server-arg", action="append", default=[], help="extra `serve` flag (repeatable)"
@@ -209,11 +241,15 @@ def main() -> int:
         for rep in range(args.repeat):
             order = (False, True) if rep % 2 == 0 else (True, False)
             runs += [one_run(runner, forwarding, rep) for forwarding in order]
+        if args.load_fraction > 0:
+            rate = args.load_fraction * summary(runs)["off_msgs_per_s"]
+            runs += [one_run(runner, forwarding, 0, rate) for forwarding in (False, True)]
     finally:
         bench.kill_children()
         runner.scratch.close()
     result = {
         "summary": summary(runs),
+        "open_loop": open_loop_summary(runs) if args.load_fraction > 0 else None,
         "machine": bench.describe_machine(),
         "product": bench.product_commit(),
         "command": " ".join(sys.argv),
@@ -231,6 +267,15 @@ def main() -> int:
         f"= {shown['ratio']:.2f} (goal >= {GOAL}: {'met' if shown['met'] else 'not met'}); "
         f"forwarded {shown['forwarded_share']:.1%} of the load"
     )
+    if result["open_loop"] is not None:
+        shown = result["open_loop"]
+        print(
+            f"open loop at {shown['offered_msgs_per_s']:.0f} msg/s offered: on/off "
+            f"{shown['on_msgs_per_s']:.0f} / {shown['off_msgs_per_s']:.0f} msg/s = "
+            f"{shown['ratio']:.2f}; emulator CPU per 10k messages "
+            f"{shown['on_server_cpu_s_per_10k']:.2f} s on, "
+            f"{shown['off_server_cpu_s_per_10k']:.2f} s off"
+        )
     print(f"wrote {RESULT}")
     return 0
 

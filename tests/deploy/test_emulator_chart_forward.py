@@ -8,7 +8,14 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import EMULATOR_CHART, EMULATOR_NAMESPACE, EMULATOR_RELEASE, Helm, Rendered
+from deploy_support import (
+    EMULATOR_CHART,
+    EMULATOR_NAMESPACE,
+    EMULATOR_RELEASE,
+    EXAMPLES,
+    Helm,
+    Rendered,
+)
 
 from tap_emulator.config import build_settings
 
@@ -139,3 +146,19 @@ def test_notes_of_a_pure_bridge_say_no_files_are_written(helm: Helm) -> None:
     )
     assert "No files are written" in notes
     assert "ls " not in notes
+
+
+def test_the_bridge_example_renders_a_pure_bridge_over_mutual_tls(helm: Helm) -> None:
+    rendered = helm.template(
+        EMULATOR_CHART,
+        EMULATOR_RELEASE,
+        EMULATOR_NAMESPACE,
+        values_file=EXAMPLES / "emulator-bridge-values.yaml",
+    )
+    for obj in rendered.objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    loaded = build_settings(settings(rendered))
+    assert loaded.output_dir is None
+    assert loaded.forward_to == TOOL
+    assert loaded.forward_tls_cert_file is not None
+    assert "output" not in volumes(rendered)
