@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import sys
@@ -40,6 +41,7 @@ if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
 import bench  # noqa: E402
+import procs  # noqa: E402
 
 RESULT = BENCHMARKS / "results" / "forward.json"
 GOAL = 0.8
@@ -122,7 +124,7 @@ def measure(
             "forward": forward_counters(server.metrics_port or 0),
             "sink": sink.snapshot() if sink is not None else None,
             "clients_cpu_s": clients.cpu_s(),
-            "busy_s": bench.machine_busy_s(),
+            "busy_s": procs.machine_busy_s(),
         }
 
     before = read()
@@ -140,7 +142,7 @@ def measure(
         "server_cores": round(server_cpu / elapsed, 3),
         "client_cores": round(client_cpu / elapsed, 3),
         "peak_rss_mb": round(after["server"]["hwm_kib"] / 1024, 1),
-        "loadavg_1m": round(bench.os.getloadavg()[0], 2),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     sink_cpu = 0.0
     if sink is not None:
@@ -245,7 +247,7 @@ def main() -> int:
             rate = args.load_fraction * summary(runs)["off_msgs_per_s"]
             runs += [one_run(runner, forwarding, 0, rate) for forwarding in (False, True)]
     finally:
-        bench.kill_children()
+        procs.kill_children()
         runner.scratch.close()
     result = {
         "summary": summary(runs),
