@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 from deploy_support import (
@@ -15,11 +14,11 @@ from deploy_support import (
     EXAMPLES,
     Helm,
     Rendered,
+    validate_object,
 )
 
 from tap_emulator.config import build_settings
 
-KUBERNETES_VERSION = "1.30"
 TOOL = "packet-analyzer.analysis-tools.svc.cluster.local:9000"
 
 
@@ -57,7 +56,7 @@ def test_the_default_forwards_nowhere(emulator: Rendered) -> None:
 def test_forward_to_renders_objects_that_pass_the_kubernetes_schema(helm: Helm) -> None:
     rendered = render(helm, {"forwardTo": TOOL})
     for obj in rendered.objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate_object(obj)
     loaded = build_settings(settings(rendered))
     assert loaded.forward_to == TOOL
     assert loaded.forward_tls_ca_file is None
@@ -71,7 +70,7 @@ def test_forward_tls_mounts_the_secret_and_names_its_files(helm: Helm) -> None:
     }
     rendered = render(helm, values)
     for obj in rendered.objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate_object(obj)
     loaded = settings(rendered)
     assert loaded["forward_tls_ca_file"] == "/etc/tap-emulator/forward-tls/ca.crt"
     assert loaded["forward_tls_cert_file"] == "/etc/tap-emulator/forward-tls/tls.crt"
@@ -91,7 +90,7 @@ def test_forward_tls_without_a_client_certificate_only_trusts_the_ca(helm: Helm)
 def test_a_pure_bridge_mounts_no_output_volume_and_its_settings_load(helm: Helm) -> None:
     rendered = render(helm, {"forwardTo": TOOL, "config": {"output_dir": ""}})
     for obj in rendered.objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate_object(obj)
     assert "output" not in mounts(rendered)
     assert "output" not in volumes(rendered)
     loaded = build_settings(settings(rendered))
@@ -156,7 +155,7 @@ def test_the_bridge_example_renders_a_pure_bridge_over_mutual_tls(helm: Helm) ->
         values_file=EXAMPLES / "emulator-bridge-values.yaml",
     )
     for obj in rendered.objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate_object(obj)
     loaded = build_settings(settings(rendered))
     assert loaded.output_dir is None
     assert loaded.forward_to == TOOL

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 import yaml
-from deploy_support import EXAMPLES, REPO, Helm, run
+from deploy_support import EXAMPLES, REPO, Helm, run, validate_object
 
 README = REPO / "deploy" / "README.md"
 
@@ -97,8 +97,6 @@ def test_readme_filter_install_renders_filters_found_by_the_uninstall_check(helm
 def test_readme_bridge_install_forwards_to_the_tool_and_passes_the_kubernetes_schema(
     helm: Helm,
 ) -> None:
-    import kubernetes_validate
-
     command = readme_command("helm upgrade --install pi2-analysis-emulator")
     tool = "packet-analyzer.analysis-tools.svc.cluster.local:9000"
     command = command.replace(
@@ -112,7 +110,7 @@ def test_readme_bridge_install_forwards_to_the_tool_and_passes_the_kubernetes_sc
     assert done.returncode == 0, done.stderr
     objects = [o for o in yaml.safe_load_all(done.stdout) if o]
     for obj in objects:
-        kubernetes_validate.validate(obj, "1.30", strict=True)
+        validate_object(obj)
     (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
     assert yaml.safe_load(config_map["data"]["config.yaml"])["forward_to"] == tool
     services = [o["metadata"]["name"] for o in objects if o["kind"] == "Service"]
