@@ -36,7 +36,9 @@ from tap_emulator import __version__
 from tap_emulator.config import ConfigError, Settings
 from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
 from tap_emulator.derive.deriver import Deriver, NamingPolicy
-from tap_emulator.forward.forwarder import Forwarder, ForwardOptions
+from tap_emulator.forward.child import ChildOptions
+from tap_emulator.forward.forwarder import ForwardOptions
+from tap_emulator.forward.link import ForwardLink
 from tap_emulator.ingest.extproc import SERVICE as EXTPROC_SERVICE
 from tap_emulator.ingest.extproc import ExtProcessor, ExtProcLimits
 from tap_emulator.ingest.handoff import Handoff
@@ -125,27 +127,20 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def forward_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
-    """TLS (and with a client certificate, mutual TLS) to forward_to; None means plaintext."""
-    if not settings.forward_tls_files:
+def build_forwarder(settings: Settings, metrics: Metrics) -> ForwardLink | None:
+    """The link to the forwarding process (forward_to), or None; its TLS files must be
+    readable now, so that a bad path stops the emulator at start with the setting's name."""
+    if not settings.forward_to:
         return None
     files = {
         "forward_tls_ca_file": settings.forward_tls_ca_file,
         "forward_tls_cert_file": settings.forward_tls_cert_file,
         "forward_tls_key_file": settings.forward_tls_key_file,
     }
-    read = {name: _read_setting_file(name, path) for name, path in files.items() if path}
-    return grpc.ssl_channel_credentials(
-        root_certificates=read.get("forward_tls_ca_file"),
-        private_key=read.get("forward_tls_key_file"),
-        certificate_chain=read.get("forward_tls_cert_file"),
-    )
-
-
-def build_forwarder(settings: Settings, metrics: Metrics) -> Forwarder | None:
-    if not settings.forward_to:
-        return None
-    options = ForwardOptions(
+    for name, path in files.items():
+        if path is not None:
+            _read_setting_file(name, path)
+    forward = ForwardOptions(
         target=settings.forward_to,
         queue_max_items=settings.forward_queue_max_items,
         queue_max_bytes=settings.forward_queue_max_bytes,
@@ -153,7 +148,20 @@ def build_forwarder(settings: Settings, metrics: Metrics) -> Forwarder | None:
         max_message_bytes=settings.forward_max_message_bytes,
         max_streams=settings.forward_max_streams,
     )
-    return Forwarder(options, metrics, forward_credentials(settings))
+    child = ChildOptions(
+        forward=forward,
+        fd=-1,  # the link passes the socket it creates
+        tls_ca_file=_shown(settings.forward_tls_ca_file),
+        tls_cert_file=_shown(settings.forward_tls_cert_file),
+        tls_key_file=_shown(settings.forward_tls_key_file),
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
+    return ForwardLink(child, metrics)
+
+
+def _shown(path: Path | None) -> str | None:
+    return None if path is None else str(path.resolve())
 
 
 @dataclass
@@ -174,7 +182,7 @@ class Emulator:
     readiness: Readiness
     grpc_health: GrpcHealth
     http: HttpEndpoint
-    forwarder: Forwarder | None = None
+    forwarder: ForwardLink | None = None
     server: grpc.aio.Server | None = None
     tap_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None

@@ -107,6 +107,7 @@ class ForwardDrop(StrEnum):
     TOO_LARGE = "too_large"  # over forward_max_message_bytes
     STREAM_LIMIT = "stream_limit"  # a new sender while forward_max_streams streams were open
     SHUTDOWN = "shutdown"  # still queued when the drain ended
+    FORWARDER_EXIT = "forwarder_exit"  # held by the forwarding process when it ended unexpectedly
 
 
 class ForwardState(StrEnum):

@@ -1,8 +1,8 @@
 """Forward: every accepted trace also goes to a TapSinkService tool, one stream per sender.
 
-`offer` is the hand-off's forward hook: called on the event loop for every accepted trace,
-after redaction, with the bytes the files hold. It never waits and costs O(1): the trace goes
-to its sender's lane in the bounded forward queue, or gives way by the queue's policy, counted.
+Runs in the forwarding process (forward/child.py), which calls `offer` for every trace the
+emulator hands over: it never waits and costs O(1): the trace goes to its sender's lane in the
+bounded forward queue, or gives way by the queue's policy, counted.
 
 Each sender (a proxy's node and the tap id of its capture point, as the proxies themselves
 would have named them) gets one long-lived StreamTaps stream to the tool, opened when its
@@ -89,7 +89,7 @@ class Forwarder:
             options.queue_max_items,
             options.queue_max_bytes,
         )
-        metrics.forward_streams_open.set_function(self._open_streams)
+        metrics.forward_streams_open.set_function(self.open_streams)
         self._routes: dict[SenderLike, _Route] = {}
         self._channel: grpc.aio.Channel | None = None
         self._watch: ConnectionWatch | None = None
@@ -156,7 +156,7 @@ class Forwarder:
             return None
         return f"forward_to {self.options.target} is unreachable ({self.state.value})"
 
-    def _open_streams(self) -> int:
+    def open_streams(self) -> int:
         # A stream counts as open once a trace went out on it (until then it may still be
         # waiting for the connection).
         return sum(1 for r in self._routes.values() if r.call is not None and r.written)

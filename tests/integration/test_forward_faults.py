@@ -152,7 +152,7 @@ def test_with_b_absent_at_start_a_writes_everything_keeps_the_newest_and_sends_t
 
     b = start_emulator("--listen", f"127.0.0.1:{port}", output_dir=tmp_path / "b")
     assert wait_for(lambda: quiet(a), 30)  # connected, and what was queued has gone
-    late = Load(a, "late", tmp_path / "late-stop", count=200)
+    late = Load(a, "late", tmp_path / "late-stop", count=100)  # fits in the queue at once
     late_names = [n for stream in late.names(late.stop()) for n in stream]
     a_files = published(a.output_dir)
     b_files = wait_published(b.output_dir, lambda files: set(late_names) <= set(files), 30)
@@ -221,8 +221,10 @@ def test_b_killed_and_restarted_mid_load_costs_a_nothing_and_forwarding_resumes(
 
 def files_per_second(a: EmulatorProcess, tmp_path: Path, tag: str, seconds: float) -> float:
     """A's files/s under closed-loop load for `seconds` (its own counter, over the window)."""
+    at_start = forward_metrics(a)["files_written_total"]
     load = Load(a, tag, tmp_path / f"{tag}-stop")
-    assert wait_for(lambda: forward_metrics(a)["files_written_total"] > 0)
+    # The window opens once this load's files are being written.
+    assert wait_for(lambda: forward_metrics(a)["files_written_total"] > at_start + 500, 30)
     before, started = forward_metrics(a)["files_written_total"], time.monotonic()
     peak_queue = 0.0
     deadline = started + seconds
@@ -244,11 +246,12 @@ def test_b_stalled_costs_a_nothing_its_queue_stays_bounded_and_forwarding_resume
     b = start_emulator(output_dir=tmp_path / "b")
     a = a_factory(b.tap)
 
-    healthy = files_per_second(a, tmp_path, "healthy", 5.0)
+    files_per_second(a, tmp_path, "warm-up", 2.0)  # A's writers settle into their mode first
+    healthy = files_per_second(a, tmp_path, "healthy", 4.0)
     assert wait_for(lambda: quiet(a), 20)
     os.kill(b.pid, signal.SIGSTOP)
     stopped_b.append(b.pid)
-    stalled = files_per_second(a, tmp_path, "stalled", 5.0)
+    stalled = files_per_second(a, tmp_path, "stalled", 4.0)
     shown = forward_metrics(a)
     print(f"A's files/s: B healthy {healthy:.0f}, B stalled {stalled:.0f}")
 
@@ -268,3 +271,46 @@ def test_b_stalled_costs_a_nothing_its_queue_stays_bounded_and_forwarding_resume
     a_files, b_files = published(a.output_dir), published(b.output_dir)
     assert_b_holds_only_a_s_files(a_files, b_files)
     assert duplicates(b_files) == []
+
+
+# --- the forwarding process dies -------------------------------------------------------------
+
+
+def forwarding_process(a: EmulatorProcess) -> int | None:
+    """The pid of A's forwarding process, if it runs."""
+    children: list[str] = []
+    for task in Path(f"/proc/{a.pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += (task / "children").read_text().split()
+    for pid in children:
+        with contextlib.suppress(OSError):
+            if b"tap_emulator.forward.child" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+    return None
+
+
+def test_the_forwarding_process_killed_is_started_again_and_a_never_stops_writing(
+    a_factory: Any, start_emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    b = start_emulator(output_dir=tmp_path / "b")
+    a = a_factory(b.tap)
+    load = Load(a, "child", tmp_path / "child-stop")
+    wait_published(b.output_dir, lambda files: len(files) >= 300, 30)
+    first = forwarding_process(a)
+    assert first is not None
+
+    os.kill(first, signal.SIGKILL)
+    written_at_kill = forward_metrics(a)["files_written_total"]
+    assert wait_for(lambda: forwarding_process(a) not in (None, first), 20), a.log[-2000:]
+    forwarded_at_restart = forward_metrics(a)["messages_total"]
+    assert wait_for(lambda: forward_metrics(a)["messages_total"] > forwarded_at_restart + 500)
+    assert forward_metrics(a)["files_written_total"] > written_at_kill
+    results = load.stop()
+
+    last = {stream[-1] for stream in load.names(results)}
+    wait_published(b.output_dir, lambda files: last <= set(files), 30)
+    assert wait_for(lambda: quiet(a), 20)
+    a_files, b_files = published(a.output_dir), published(b.output_dir)
+    assert {n for stream in load.names(results) for n in stream} <= set(a_files)
+    assert_b_holds_only_a_s_files(a_files, b_files)
+    assert "the forwarding process ended unexpectedly" in a.log
