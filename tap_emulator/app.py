@@ -47,9 +47,10 @@ from tap_emulator.netaddr import split_address
 from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.observe.metrics import Metrics, TableStats
 from tap_emulator.observe.summary import TrafficSummary
+from tap_emulator.write.directory import DirectoryPublisher
 from tap_emulator.write.numbering import Numbering
 from tap_emulator.write.pool import WriterOptions, WriterPool
-from tap_emulator.write.publisher import DirectoryPublisher, Publisher
+from tap_emulator.write.publisher import Publisher
 from tap_emulator.write.queue import WriteQueue
 from tap_emulator.write.retention import RetentionLedger, RetentionPolicy
 from tap_emulator.write.watch import OutputWatch
