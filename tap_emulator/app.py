@@ -82,9 +82,11 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
       There is deliberately no process-wide RPC cap in grpc itself: it would count health
       checks against the tap streams' slots.
     - Keepalive: the server pings a connection idle for 30 s and drops it if no answer comes
-      within 10 s (a dead or frozen peer does not hold streams for minutes); clients may ping
-      at most every 5 s without data (the filter chart has Envoy ping every 10 s, to drop a
-      frozen emulator), and two pings too many get GOAWAY (gRPC's ping strikes).
+      within 10 s (a dead or frozen peer does not hold streams for minutes; grpc core enforces
+      that deadline with its ping timeout, a minute by default, not keepalive_timeout_ms, so
+      both are set); clients may ping at most every 5 s without data (the filter chart has
+      Envoy ping every 10 s, to drop a frozen emulator), and two pings too many get GOAWAY
+      (gRPC's ping strikes).
     """
     return [
         ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
@@ -95,6 +97,7 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.keepalive_permit_without_calls", 1),
