@@ -37,7 +37,13 @@ from tap_emulator.bounded import BoundedLru
 from tap_emulator.derive.naming import Identity, direction_from_tap_id, namespace_from_node
 from tap_emulator.ingest.extproc_capture import Assembly, Pieces, Proxy, read_metadata
 from tap_emulator.ingest.handoff import Handoff, Sender
-from tap_emulator.ingest.streams import OpenStream, Refusal, StreamRegistry
+from tap_emulator.ingest.streams import (
+    OpenStream,
+    Refusal,
+    StreamRegistry,
+    forget_frames,
+    release_requests,
+)
 from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
 from tap_emulator.labels import (
     Direction,
@@ -154,12 +160,14 @@ class ExtProcessor:
             self._warnings.warning(
                 refused.reason.value, "ended an ext_proc stream from %s: %s", peer, refused.details
             )
+            forget_frames(refused)
             await context.abort(refused.code, refused.details)
         except asyncio.CancelledError:
             # Envoy resets every stream it closes (right after its end), or we ended it.
             outcome = stream.ended_by or StreamOutcome.CANCELLED
             raise
         finally:
+            await release_requests(requests)
             full = (
                 TransactionDrop.SHUTDOWN if self._registry.closing else TransactionDrop.QUEUE_FULL
             )

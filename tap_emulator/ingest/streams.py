@@ -14,13 +14,41 @@ are finishing on their own), and one that carried no trace for its source's idle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from tap_emulator.labels import RejectReason, Source, StreamOutcome
 from tap_emulator.netaddr import peer_address
+
+
+async def release_requests(requests: AsyncIterator[bytes]) -> None:
+    """Close grpc's request iterator once the handler is done with it.
+
+    The iterator is an async generator that keeps the last message it yielded until it is
+    resumed or closed, and a call that ends in `context.abort` stays in a reference cycle
+    (the abort's exception, its traceback, the handler's frames) until the cyclic garbage
+    collector runs: without this, every refused message would stay in memory until then."""
+    close = getattr(aiter(requests), "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
+
+
+def forget_frames(error: BaseException) -> None:
+    """Drop the frames an exception (and what caused it) still holds, before aborting a call.
+
+    grpc keeps the exception `context.abort` raises, whose context is `error`, in a reference
+    cycle with the handler's frame: frames left in `error`'s traceback would keep their
+    locals, such as the refused message (up to twice max_message_bytes), alive until the
+    cyclic garbage collector next runs, and a stream of refused messages piles them up."""
+    seen: BaseException | None = error
+    while seen is not None:
+        seen.__traceback__ = None
+        seen = seen.__cause__ or seen.__context__
 
 
 @dataclass(frozen=True, slots=True)

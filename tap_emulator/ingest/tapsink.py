@@ -27,7 +27,13 @@ from google.protobuf.message import DecodeError
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.derive.naming import UNKNOWN_NAMESPACE, Identity, identity
 from tap_emulator.ingest.handoff import Handoff, PendingFiles, Sender
-from tap_emulator.ingest.streams import OpenStream, Refusal, StreamRegistry
+from tap_emulator.ingest.streams import (
+    OpenStream,
+    Refusal,
+    StreamRegistry,
+    forget_frames,
+    release_requests,
+)
 from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
 from tap_emulator.labels import Direction, RejectReason, Source, StreamOutcome
 from tap_emulator.observe.logs import ThrottledLog
@@ -164,6 +170,7 @@ class TapSink:
             self._refusals.warning(
                 rejection.outcome.value, "refused a stream from %s: %s", peer, rejection.details
             )
+            forget_frames(rejection)
             await context.abort(rejection.code, rejection.details)
             raise  # abort() raises; this line only satisfies the type checker
         except asyncio.CancelledError:
@@ -182,6 +189,7 @@ class TapSink:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in tap-emulator")
             raise
         finally:
+            await release_requests(requests)
             self._registry.close(stream)
             self._handoff.forget_stream(stream.number)
             metrics.streams_ended[Source.TAP, outcome].inc()
