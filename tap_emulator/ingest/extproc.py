@@ -42,7 +42,7 @@ from tap_emulator.ingest.streams import (
     Refusal,
     StreamRegistry,
     forget_frames,
-    release_requests,
+    read_message,
 )
 from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
 from tap_emulator.labels import (
@@ -132,6 +132,7 @@ class ExtProcessor:
     async def process(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
+        # Messages are read through `context` (streams.read_message), never `requests`.
         metrics = self._metrics
         if self._registry.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN)
@@ -149,7 +150,7 @@ class ExtProcessor:
         transaction = self._start(stream, context)
         outcome = StreamOutcome.INTERNAL
         try:
-            outcome = await self._read(stream, transaction, peer, requests)
+            outcome = await self._read(stream, transaction, peer, context)
         except _RefusedMessageError as refused:
             outcome = (
                 StreamOutcome.INVALID_ARGUMENT
@@ -167,7 +168,6 @@ class ExtProcessor:
             outcome = stream.ended_by or StreamOutcome.CANCELLED
             raise
         finally:
-            await release_requests(requests)
             full = (
                 TransactionDrop.SHUTDOWN if self._registry.closing else TransactionDrop.QUEUE_FULL
             )
@@ -197,12 +197,12 @@ class ExtProcessor:
         stream: OpenStream,
         transaction: _Transaction,
         peer: str,
-        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext[bytes, bytes],
     ) -> StreamOutcome:
         assembly = transaction.assembly
         index = received_bytes = 0
         try:
-            async for raw in requests:
+            while (raw := await read_message(context)) is not None:
                 index += 1
                 received_bytes += len(raw)
                 request = self._decode(raw, index)
@@ -220,6 +220,7 @@ class ExtProcessor:
                 if assembly.complete:
                     self._conclude(transaction, TransactionDrop.QUEUE_FULL)
                     return StreamOutcome.OK
+                del raw, request  # nothing of it is held while the next message is awaited
             return StreamOutcome.UNFINISHED
         finally:
             self._metrics.received_bytes[Source.EXT_PROC].inc(received_bytes)

@@ -14,28 +14,27 @@ are finishing on their own), and one that carried no trace for its source's idle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import grpc
 
 from tap_emulator.labels import RejectReason, Source, StreamOutcome
 from tap_emulator.netaddr import peer_address
 
 
-async def release_requests(requests: AsyncIterator[bytes]) -> None:
-    """Close grpc's request iterator once the handler is done with it.
+async def read_message(context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes | None:
+    """The call's next message, or None at its end.
 
-    The iterator is an async generator that keeps the last message it yielded until it is
-    resumed or closed, and a call that ends in `context.abort` stays in a reference cycle
-    (the abort's exception, its traceback, the handler's frames) until the cyclic garbage
-    collector runs: without this, every refused message would stay in memory until then."""
-    close = getattr(aiter(requests), "aclose", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            await close()
+    Read through the context, not grpc's request iterator: the iterator is an async
+    generator that keeps the last message it yielded until the next one has arrived (or the
+    call is gone), one more copy of up to max_message_bytes per stream, held even while the
+    stream waits for queue room or sits idle. Handlers delete what they read once it is
+    handed on, so a stream holds nothing while it waits."""
+    message: object = await context.read()
+    return message if isinstance(message, bytes) else None  # grpc.aio.EOF at the end
 
 
 def forget_frames(error: BaseException) -> None:

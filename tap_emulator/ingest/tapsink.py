@@ -32,7 +32,7 @@ from tap_emulator.ingest.streams import (
     Refusal,
     StreamRegistry,
     forget_frames,
-    release_requests,
+    read_message,
 )
 from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
 from tap_emulator.labels import Direction, RejectReason, Source, StreamOutcome
@@ -138,6 +138,7 @@ class TapSink:
     async def stream_taps(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
+        # Messages are read through `context` (streams.read_message), never `requests`.
         metrics = self._metrics
         if self._registry.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, ENDINGS[StreamOutcome.SHUTDOWN])
@@ -155,7 +156,7 @@ class TapSink:
         outcome = StreamOutcome.INTERNAL
         log.debug("stream %d opened by %s", stream.number, peer)
         try:
-            dropped = await self._serve_stream(stream, requests)
+            dropped = await self._serve_stream(stream, context)
             if dropped:
                 outcome = StreamOutcome.DATA_LOSS
                 await context.abort(
@@ -189,20 +190,21 @@ class TapSink:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in tap-emulator")
             raise
         finally:
-            await release_requests(requests)
             self._registry.close(stream)
             self._handoff.forget_stream(stream.number)
             metrics.streams_ended[Source.TAP, outcome].inc()
             log.debug("stream %d from %s ended: %s", stream.number, peer, outcome.value)
 
-    async def _serve_stream(self, stream: OpenStream, requests: AsyncIterator[bytes]) -> int:
+    async def _serve_stream(
+        self, stream: OpenStream, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> int:
         """Read the stream to its end; returns how many of its files were dropped."""
         pending = PendingFiles()
         sender = self._anonymous
         origin: Sender | None = None
         identified = False
         index = 0
-        async for raw in requests:
+        while (raw := await read_message(context)) is not None:
             arrived = time.monotonic()
             index += 1
             request = self._decode(raw, index)
