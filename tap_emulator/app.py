@@ -44,6 +44,7 @@ from tap_emulator.ingest.wire_budget import WireBudget
 from tap_emulator.labels import Source
 from tap_emulator.layout import parse_file_name
 from tap_emulator.netaddr import split_address
+from tap_emulator.observe import memory
 from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.observe.metrics import Metrics, TableStats
 from tap_emulator.observe.summary import TrafficSummary
@@ -498,6 +499,7 @@ async def serve(
         asyncio.create_task(_follow_readiness(emulator)),
         asyncio.create_task(emulator.registry.close_idle_streams()),
         asyncio.create_task(summary.run(settings.log_summary_seconds)),
+        asyncio.create_task(memory.MemoryReturner().run()),
     ]
     try:
         await stopping.wait()
@@ -513,6 +515,7 @@ async def serve(
 def run(settings: Settings, publisher: Publisher | None = None) -> int:
     """Run `serve` on the fastest available event loop, with signals in their own thread."""
     SignalWatch.block_signals()
+    memory.tune_allocator()
     signals = SignalWatch(
         settings.drain_timeout_seconds + _STREAM_CLOSE_GRACE_SECONDS * 2 + _EXIT_MARGIN_SECONDS
     )
