@@ -54,8 +54,9 @@ def test_sigterm_while_senders_wait_for_room_leaves_no_half_message_in_req_res(
 ) -> None:
     """Item 1. A full disk holds the writers, so five req_res streams wait for queue room;
     SIGTERM ends them while they wait, then the disk is freed. Every accepted message must
-    have both its files. Before: 49 accepted, 94 files of 98 (4 messages with only `req`),
-    "stopped cleanly", exit 0. After: 2 files for every accepted message."""
+    have both its files. Before: accepted 7, 9 files of 14 (the red team: 49 accepted, 94
+    files of 98, 4 messages with only `req`), "stopped cleanly", exit 0. After: 2 files for
+    every accepted message (7, 14 of 14)."""
     with tmpfs(tmp_path / "small", "1m") as out:
         filler = fill(out)
         emulator = start_emulator(

@@ -91,8 +91,9 @@ def test_a_file_retention_cannot_delete_never_stops_publication(
 ) -> None:
     """Item 2. Retention keeps 5 files; the oldest, the next to delete, is replaced by a
     directory of the same name, or made immutable (`chattr +i` on ext4). Before: the writer
-    died at that delete; 0 of the next 25 files were written, nothing counted or logged,
-    /readyz 200. After: the failed delete is counted and logged, and all 25 are written."""
+    died at that delete; 0 of the next 25 files were written, the stream unanswered after
+    15 s, nothing counted or logged, /readyz 200. After: the failed delete is counted and
+    logged, and all 25 are written."""
     with ext4_image(tmp_path / "ext4") as out:
         emulator = start_emulator("--retention-max-files", "5", output_dir=out)
         trace = "d" * 32
@@ -118,7 +119,8 @@ def test_another_users_file_named_like_ours_is_neither_counted_nor_deleted(
 ) -> None:
     """Item 2, a shared /tmp. In a sticky directory another user owns `ret.ns:80-...-1.pb`;
     the emulator runs as a user of its own with retention. Before: the file was counted as
-    ours and its delete failed (EPERM): the server did not start. After: it is left alone."""
+    ours, its delete failed (EPERM) and the writer died: 5 of 10 written, no answer. After:
+    it is left alone and all 10 are written (5 kept)."""
     with shared_sticky_directory() as out:
         trace = "f" * 32
         foreign = out / f"ret.ns:80-{trace}-1.pb"
@@ -190,7 +192,8 @@ def test_a_frozen_disk_leaves_liveness_answered_and_sigterm_acted_on(
     accepted files were not written and exits 1 (as far as the kernel allows: its stuck
     writer thread is released when the disk thaws, and the exit completes then at once).
     Before: /healthz and /readyz timed out (the readiness probe ran on the event loop) and
-    SIGTERM was acted on only once the disk thawed (32 s against a 5 s drain timeout).
+    SIGTERM was acted on only once the disk thawed (here: 1 of 8 /healthz, 0 of 8 /readyz
+    answered, exit 0 after the thaw; the red team: 32 s against a 5 s drain timeout).
     After: 8 of 8 health checks; exit decided 3.0 s after SIGTERM (drain timeout 3 s)."""
     with ext4_image(tmp_path / "ext4") as out:
         emulator, stream = _frozen_server_with_accepted_files(start_emulator, out)
@@ -317,8 +320,8 @@ def test_named_temporaries_cannot_be_taken_ahead_of_the_server(
     """Item 10. Without /proc links (here: an empty /proc in a mount namespace of its own, as
     on a file system without O_TMPFILE) files are written under named temporaries. Someone
     creates 40 of the names the server will use next. Before: names were `<pid>-<n>` (pid 1
-    in a container): every publish met EEXIST and was retried with backoff, messages stayed
-    unwritten for over 60 s. After: names are random; all 5 files are written at once."""
+    in a container): every publish met EEXIST and was retried with backoff, 0 of 5 written
+    after 10 s (the red team: over 60 s). After: names are random; all 5 written at once."""
     out = tmp_path / "out"
     emulator = start_emulator(output_dir=out, entry=[*own_pid_namespace(hide_proc=True), *SERVE])
     assert log_has(emulator, "publish=named_temporary")

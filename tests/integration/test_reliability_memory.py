@@ -58,8 +58,9 @@ def test_a_burst_against_stalled_writers_stays_in_the_bound_and_is_given_back(
     (a gate, as a stalled disk); then the gate opens. Before: about twice the bound (every
     waiting stream held its message twice: grpc's request iterator kept the last message it
     yielded) and most of it stayed resident (glibc raised its mmap threshold and kept the
-    freed buffers in its heaps): peak 729 MiB, 560 MiB afterwards, for a bound of 501 MiB.
-    After: peak about 350-450 MiB, back within 128 MiB of the baseline (about 100-150 MiB)."""
+    freed buffers in its heaps): at 5c3255d peak 925 MiB for a bound of 498 MiB, 749 MiB
+    afterwards; on main before the fixes 729 and 560 MiB. After: peak 440-460 MiB (bound
+    501), back within 128 MiB of the 50 MiB baseline (85-175 MiB)."""
     gate = tmp_path / "gate"
     emulator = start_emulator(
         "--max-message-bytes", str(MAX_MESSAGE_BYTES),
