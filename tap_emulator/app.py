@@ -44,6 +44,7 @@ from tap_emulator.ingest.wire_budget import WireBudget
 from tap_emulator.labels import Source
 from tap_emulator.layout import parse_file_name
 from tap_emulator.netaddr import split_address
+from tap_emulator.observe import memory
 from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.observe.metrics import Metrics, TableStats
 from tap_emulator.observe.summary import TrafficSummary
@@ -83,9 +84,11 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
       There is deliberately no process-wide RPC cap in grpc itself: it would count health
       checks against the tap streams' slots.
     - Keepalive: the server pings a connection idle for 30 s and drops it if no answer comes
-      within 10 s (a dead or frozen peer does not hold streams for minutes); clients may ping
-      at most every 5 s without data (the filter chart has Envoy ping every 10 s, to drop a
-      frozen emulator), and two pings too many get GOAWAY (gRPC's ping strikes).
+      within 10 s (a dead or frozen peer does not hold streams for minutes; grpc core enforces
+      that deadline with its ping timeout, a minute by default, not keepalive_timeout_ms, so
+      both are set); clients may ping at most every 5 s without data (the filter chart has
+      Envoy ping every 10 s, to drop a frozen emulator), and two pings too many get GOAWAY
+      (gRPC's ping strikes).
     """
     return [
         ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
@@ -96,6 +99,7 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -496,6 +500,7 @@ async def serve(
         asyncio.create_task(_follow_readiness(emulator)),
         asyncio.create_task(emulator.registry.close_idle_streams()),
         asyncio.create_task(summary.run(settings.log_summary_seconds)),
+        asyncio.create_task(memory.MemoryReturner().run()),
     ]
     try:
         await stopping.wait()
@@ -511,6 +516,7 @@ async def serve(
 def run(settings: Settings, publisher: Publisher | None = None) -> int:
     """Run `serve` on the fastest available event loop, with signals in their own thread."""
     SignalWatch.block_signals()
+    memory.tune_allocator()
     signals = SignalWatch(
         settings.drain_timeout_seconds + _STREAM_CLOSE_GRACE_SECONDS * 2 + _EXIT_MARGIN_SECONDS
     )
