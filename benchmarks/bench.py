@@ -513,6 +513,8 @@ class Bench:
             f"127.0.0.1:{port}",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--ui-listen",
+            "127.0.0.1:0",
             "--output-dir",
             str(directory),
             *self.args.server_arg,

@@ -151,7 +151,10 @@ class InProcessEmulator:
 
     def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
         metrics_listen = "127.0.0.1:0" if settings.metrics_listen else ""
-        self.settings = replace(settings, listen="127.0.0.1:0", metrics_listen=metrics_listen)
+        ui_listen = "127.0.0.1:0" if settings.ui_listen else ""
+        self.settings = replace(
+            settings, listen="127.0.0.1:0", metrics_listen=metrics_listen, ui_listen=ui_listen
+        )
         self.emulator = app.build(self.settings, publisher)
         self.exit_status: int | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -166,6 +169,12 @@ class InProcessEmulator:
     def metrics_url(self) -> str:
         assert self.emulator.metrics_address is not None, "metrics_listen is off"
         host, port = self.emulator.metrics_address
+        return f"http://{host}:{port}"
+
+    @property
+    def ui_url(self) -> str:
+        assert self.emulator.ui_address is not None, "ui_listen is off"
+        host, port = self.emulator.ui_address
         return f"http://{host}:{port}"
 
     async def __aenter__(self) -> InProcessEmulator:

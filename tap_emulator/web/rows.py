@@ -1,6 +1,6 @@
 """What the page's table shows of a transaction (one JSON row), and the filters the page and
-its downloads share: authority and path (a substring, or a glob when the text has `*`, `?`
-or `[`), status (`5xx`, `404`, `2xx,304`, `none`), trace id (a part of any id the
+its downloads share: authority and path (a part of the value, or a whole-value glob when
+the text has a `*`: `?` alone is too common in paths to mean a glob), status (`5xx`, `404`, `2xx,304`, `none`), trace id (a part of any id the
 transaction is known by) and direction. `static/app.js` applies the same rules to the rows
 it holds; the tests check both against the same cases."""
 
@@ -16,7 +16,6 @@ from tap_emulator.captures.model import Transaction
 from tap_emulator.captures.select import Selection, parse_statuses
 
 DIRECTIONS = frozenset({"inbound", "outbound", "unknown"})
-_GLOB_CHARACTERS = frozenset("*?[")
 MAX_FILTER_CHARACTERS = 500
 
 
@@ -61,10 +60,10 @@ def row_json(number: int, transaction: Transaction) -> str:
 
 
 def text_matches(value: str | None, wanted: str) -> bool:
-    """Case-insensitive: `wanted` as a glob if it has glob characters, else as a part."""
+    """Case-insensitive: `wanted` as a glob (fnmatch) if it has a `*`, else as a part."""
     text = (value or "").lower()
     wanted = wanted.lower()
-    if _GLOB_CHARACTERS & set(wanted):
+    if "*" in wanted:
         return fnmatch.fnmatchcase(text, wanted)
     return wanted in text
 

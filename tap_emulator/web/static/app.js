@@ -125,7 +125,7 @@ function globToRegExp(pattern) {
 function textMatcher(wanted) {
   if (!wanted) return null;
   const lowered = wanted.toLowerCase();
-  if (/[*?[]/.test(lowered)) {
+  if (lowered.includes("*")) {
     const pattern = globToRegExp(lowered);
     return (value) => pattern.test((value || "").toLowerCase());
   }
