@@ -1,8 +1,9 @@
 """What the page's table shows of a transaction (one JSON row), and the filters the page and
-its downloads share: authority and path (a part of the value, or a whole-value glob when
-the text has a `*`: `?` alone is too common in paths to mean a glob), status (`5xx`, `404`, `2xx,304`, `none`), trace id (a part of any id the
-transaction is known by) and direction. `static/app.js` applies the same rules to the rows
-it holds; the tests check both against the same cases."""
+its downloads share: authority and path (a part of the value, or a glob of the whole value
+when the text has a `*`: a `?` alone is too common in paths to mean one), status (`5xx`,
+`404`, `2xx,304`, `none`), trace id (a part of any id the transaction is known by) and
+direction. `static/app.js` applies the same rules to the rows it holds; the tests hold both
+to the same cases."""
 
 from __future__ import annotations
 
