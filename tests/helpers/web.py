@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -182,16 +183,17 @@ def open_stalled_event_stream(base_url: str) -> socket.socket:
     return connection
 
 
-def drain(connection: socket.socket, limit_bytes: int = 64 * 1024 * 1024) -> bytes:
-    """Everything the server queued for a stalled page, read at last."""
-    connection.settimeout(2.0)
+def read_until(connection: socket.socket, wanted: bytes, within_seconds: float = 10.0) -> bytes:
+    """What a stalled page finally reads, up to `wanted` (or all that came in time)."""
+    deadline = time.monotonic() + within_seconds
     received = bytearray()
-    try:
-        while len(received) < limit_bytes:
+    while wanted not in received and time.monotonic() < deadline:
+        connection.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
             chunk = connection.recv(1 << 20)
-            if not chunk:
-                break
-            received += chunk
-    except TimeoutError:
-        pass
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        received += chunk
     return bytes(received)

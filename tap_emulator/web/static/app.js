@@ -432,8 +432,10 @@ function headerTable(headers) {
   const table = el("table", "headers");
   for (const header of headers) {
     const line = table.insertRow();
-    line.insertCell().append(el("span", null, header.name));
-    line.cells[0].className = "name";
+    line.dataset.header = header.name;
+    const name = line.insertCell();
+    name.className = "name";
+    name.textContent = header.name;
     const value = line.insertCell();
     if (header.redacted) value.appendChild(el("span", "redacted", REDACTED_TEXT));
     else value.textContent = header.value;
