@@ -1,8 +1,8 @@
 """App: the composition root and the server's lifecycle (start, serve, drain, stop).
 
-Start order: open the output directory (in a thread: learn what it holds, sweep stale
-temporaries), start the writers and the directory's watch, start the gRPC listener, the HTTP
-endpoint and the web page, log one line with every bound address, then report ready.
+Start order: start the web page's process, open the output directory (in a thread: learn what
+it holds, sweep stale temporaries), start the writers and the directory's watch, start the gRPC
+listener and the HTTP endpoint, log one line with every bound address, then report ready.
 
 Stop order, on the first SIGTERM or SIGINT: report not ready (HTTP and gRPC health), stop
 accepting streams and end the open ones (a proxy's tap stream never ends by itself), publish
@@ -47,7 +47,8 @@ from tap_emulator.netaddr import split_address
 from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.observe.metrics import Metrics, TableStats
 from tap_emulator.observe.summary import TrafficSummary
-from tap_emulator.web.live import LivePage
+from tap_emulator.web.link import PageProcess, PageStartError
+from tap_emulator.web.status import emulator_status
 from tap_emulator.write.numbering import Numbering
 from tap_emulator.write.pool import WriterOptions, WriterPool
 from tap_emulator.write.publisher import DirectoryPublisher, Publisher
@@ -140,7 +141,7 @@ class Emulator:
     readiness: Readiness
     grpc_health: GrpcHealth
     http: HttpEndpoint
-    page: LivePage | None = None  # the web page, when ui_listen is set
+    page: PageProcess | None = None  # the web page's process, when ui_listen is set
     server: grpc.aio.Server | None = None
     tap_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None
@@ -248,10 +249,14 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
     )
     page = None
     if settings.ui_listen:
-        page = LivePage(
-            settings.output_dir, settings.ui_max_transactions, metrics, readiness.problem
+        page = PageProcess(
+            settings.output_dir,
+            settings.ui_max_transactions,
+            lambda: emulator_status(metrics, readiness.problem),
+            settings.log_level,
+            settings.log_format,
         )
-        pool.on_published = page.feed.offer
+        pool.on_published = page.offer
     return Emulator(
         settings=settings,
         metrics=metrics,
@@ -334,6 +339,13 @@ async def start(emulator: Emulator) -> None:
         _check_port_free("metrics_listen", *split_address(settings.metrics_listen))
     if settings.ui_listen:
         _check_port_free("ui_listen", *split_address(settings.ui_listen))
+    if emulator.page is not None:
+        # Before the gRPC server and the writers exist: starting a process forks, and gRPC's
+        # threads are best not running then.
+        try:
+            emulator.ui_address = await emulator.page.start(*split_address(settings.ui_listen))
+        except (PageStartError, TimeoutError, OSError) as exc:
+            raise StartupError(f"the web page (ui_listen) did not start: {exc}") from exc
     removed = await asyncio.to_thread(_open_output, emulator)
     await emulator.pool.start()
     emulator.watch.start()
@@ -359,16 +371,6 @@ async def start(emulator: Emulator) -> None:
             await server.stop(None)
             raise StartupError(
                 f"cannot listen on {settings.metrics_listen} (metrics_listen): {exc.strerror}"
-            ) from exc
-
-    if emulator.page is not None:
-        try:
-            emulator.ui_address = await emulator.page.start(*split_address(settings.ui_listen))
-        except OSError as exc:
-            await emulator.http.close()
-            await server.stop(None)
-            raise StartupError(
-                f"cannot listen on {settings.ui_listen} (ui_listen): {exc.strerror}"
             ) from exc
 
     emulator.readiness.listening = True

@@ -147,11 +147,14 @@ def disk_full() -> OSError:
 
 
 class InProcessEmulator:
-    """The real server (app.build + app.start) on loopback ports chosen by the kernel."""
+    """The real server (app.build + app.start) on loopback ports chosen by the kernel. The web
+    page runs in a process of its own, so it is started only with `with_page`."""
 
-    def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
+    def __init__(
+        self, settings: Settings, publisher: Publisher | None = None, *, with_page: bool = False
+    ) -> None:
         metrics_listen = "127.0.0.1:0" if settings.metrics_listen else ""
-        ui_listen = "127.0.0.1:0" if settings.ui_listen else ""
+        ui_listen = "127.0.0.1:0" if settings.ui_listen and with_page else ""
         self.settings = replace(
             settings, listen="127.0.0.1:0", metrics_listen=metrics_listen, ui_listen=ui_listen
         )

@@ -132,8 +132,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     bench_args = bench.parse_args(
-        ["--streams", str(args.streams), "--clients", str(args.clients)]
-        + ["--warmup", str(args.warmup), "--window", str(args.window)]
+        [
+            *("--streams", str(args.streams), "--clients", str(args.clients)),
+            *("--warmup", str(args.warmup), "--window", str(args.window)),
+        ]
     )
     run_bench = bench.Bench(bench_args)
     conditions = ["closed", "open"]

@@ -49,10 +49,12 @@ class Client:
         self.closed = False
         self.lagged = 0  # times its queue overflowed
 
-    def offer(self, data: bytes) -> None:
+    def offer(self, data: bytes) -> bool:
+        """Queue `data`; False if the queue was full and emptied (the page lagged)."""
         if self.closed:
-            return
-        if self._bytes + len(data) > self.max_bytes:
+            return True
+        kept = self._bytes + len(data) <= self.max_bytes
+        if not kept:
             self._queue.clear()
             self._bytes = 0
             self.lagged += 1
@@ -60,6 +62,7 @@ class Client:
         self._queue.append(data)
         self._bytes += len(data)
         self._ready.set()
+        return kept
 
     @property
     def queued_bytes(self) -> int:
@@ -93,15 +96,19 @@ class EventHub:
         status: Callable[[], dict[str, Any]],
         max_clients: int = DEFAULT_MAX_CLIENTS,
         client_max_bytes: int = DEFAULT_CLIENT_MAX_BYTES,
+        on_pages: Callable[[int], None] = lambda count: None,
     ) -> None:
+        """`on_pages(count)`: told how many pages follow, whenever that changes."""
         self._version = version
         self._status = status
+        self._on_pages = on_pages
         self.max_clients = max_clients
         self.client_max_bytes = client_max_bytes
         self.clients: set[Client] = set()
         self._staged = Change()
         self._staged_wake = asyncio.Event()
         self.sent_events = 0
+        self.lagged = 0  # times a page's queue overflowed, all pages together
 
     # --- from the indexer ---------------------------------------------------------------
 
@@ -119,22 +126,29 @@ class EventHub:
             return None
         client = Client(self.client_max_bytes)
         self.clients.add(client)
+        self._on_pages(len(self.clients))
         return client
 
     def unsubscribe(self, client: Client) -> None:
         client.close()
-        self.clients.discard(client)
+        if client in self.clients:
+            self.clients.discard(client)
+            self._on_pages(len(self.clients))
 
     def close(self) -> None:
         for client in list(self.clients):
             self.unsubscribe(client)
+
+    def state(self) -> dict[str, int]:
+        return {"open": len(self.clients), "lagged": self.lagged}
 
     # --- the senders --------------------------------------------------------------------
 
     def _broadcast(self, data: bytes) -> None:
         self.sent_events += 1
         for client in self.clients:
-            client.offer(data)
+            if not client.offer(data):
+                self.lagged += 1
 
     def flush(self) -> None:
         staged, self._staged = self._staged, Change()

@@ -1,29 +1,19 @@
-"""The live page's feed: a bounded hand-off from the writers, and the indexer that reads what
-they published in the background, in time slices paced by how busy the event loop is.
+"""The page's feed: the files the emulator published and the page has not yet read, bounded,
+and the indexer that reads them into the index in time slices, between which the page's
+HTTP side is served. Runs in the page's own process (`tap_emulator.web.child`).
 
-The writers pay one deque append per published file (`offer`, called on the event loop).
-The hand-off holds at most `max_items` files and `max_bytes` of their payloads; past either
-bound the oldest waiting file is skipped and counted: the page never holds the writers back,
-it falls behind and says so.
-
-Reading a file back into the index costs tens of microseconds of the loop's time (protobuf
-decoding and the capture reader's grouping), about as much as taking it in did. So the
-indexer runs in slices of at most 2 ms, and between slices it yields the loop for long
-enough that its share of the loop stays below what the rest of the server leaves idle: up
-to half when the server is quiet, 2% when the tap streams keep the loop busy. The share is
-measured from the loop thread's own CPU time, so it follows the load as it changes.
+The feed holds at most `max_items` files and `max_bytes` of their payloads; past either
+bound the oldest waiting file is skipped and counted: the page falls behind and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from tap_emulator.captures.assemble import Assembler
 from tap_emulator.captures.formats import TraceFileError
@@ -31,26 +21,9 @@ from tap_emulator.captures.model import Transaction
 from tap_emulator.layout import file_name
 from tap_emulator.web.index import Change, TransactionIndex
 
-log = logging.getLogger(__name__)
-
 DEFAULT_MAX_PENDING_BYTES = 16 * 1024 * 1024
-SLICE_SECONDS = 0.002
-# The indexer's share of the loop: at most this when the server is quiet...
-MAX_SHARE = 0.5
-# ...and at least this, when the tap streams keep the loop busy; in between it takes what
-# the rest of the server leaves idle, with this much left over.
-MIN_SHARE = 0.02
-_HEADROOM = 0.1
-# How often the share is worked out again from the loop thread's CPU time.
-_PACE_WINDOW_SECONDS = 0.25
-
-
-class Published(Protocol):
-    """What the writers tell of a file they published (`write.queue.Publication`)."""
-
-    stem: str
-    sequence: int
-    payload: bytes
+# The indexer yields to the page's HTTP side at least this often.
+SLICE_SECONDS = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +46,14 @@ class PublicationFeed:
         self.offered = 0
         self.skipped = 0  # files never indexed: the hand-off was full
 
-    def offer(self, publication: Published) -> None:
-        """One published file (on the event loop, from the writers: constant time)."""
-        payload = publication.payload
+    def offer(self, stem: str, sequence: int, payload: bytes, published_at: float) -> None:
+        """One published file (constant time)."""
         self.offered += 1
         if len(payload) > self.max_bytes:
             self.skipped += 1
             return
         waiting = self._waiting
-        waiting.append(_Waiting(publication.stem, publication.sequence, payload, time.time()))
+        waiting.append(_Waiting(stem, sequence, payload, published_at))
         self._bytes += len(payload)
         while len(waiting) > self.max_items or self._bytes > self.max_bytes:
             self._bytes -= len(waiting.popleft().payload)
@@ -111,39 +83,6 @@ class PublicationFeed:
             await self._wake.wait()
 
 
-class LoopPace:
-    """How long the indexer yields the loop after a slice, from the loop thread's CPU time.
-
-    `busy` is the share of wall time the rest of the server kept the loop thread on a CPU
-    over the last window (the indexer's own slices left out); the indexer's share is then
-    what is left idle less a margin, between MIN_SHARE and MAX_SHARE."""
-
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.perf_counter,
-        cpu_clock: Callable[[], float] = time.thread_time,
-    ) -> None:
-        self._clock = clock
-        self._cpu_clock = cpu_clock
-        self._window_wall = clock()
-        self._window_cpu = cpu_clock()
-        self._window_own = 0.0
-        self.share = MAX_SHARE
-        self.busy = 0.0
-
-    def pause_after(self, slice_seconds: float) -> float:
-        self._window_own += slice_seconds
-        now = self._clock()
-        wall = now - self._window_wall
-        if wall >= _PACE_WINDOW_SECONDS:
-            cpu = self._cpu_clock()
-            others = max(0.0, cpu - self._window_cpu - self._window_own)
-            self.busy = min(1.0, others / wall)
-            self.share = min(MAX_SHARE, max(MIN_SHARE, 1.0 - _HEADROOM - self.busy))
-            self._window_wall, self._window_cpu, self._window_own = now, cpu, 0.0
-        return slice_seconds * (1.0 - self.share) / self.share
-
-
 class Indexer:
     """Reads what the feed holds into the index, slice by slice; hands each slice's changes
     to `on_change` (the event stream)."""
@@ -154,13 +93,11 @@ class Indexer:
         index: TransactionIndex,
         directory: Path,
         on_change: Callable[[Change], None],
-        pace: LoopPace | None = None,
     ) -> None:
         self.feed = feed
         self.index = index
         self.directory = directory
         self.on_change = on_change
-        self.pace = pace or LoopPace()
         bound = index.max_transactions
         self.assembler = Assembler(max_open=bound, max_open_pieces=20 * bound, report_open=True)
         self.indexed = 0
@@ -169,9 +106,8 @@ class Indexer:
     async def run(self) -> None:
         while True:
             await self.feed.wait()
-            started = time.perf_counter()
-            self.index_slice(started + SLICE_SECONDS)
-            await asyncio.sleep(self.pace.pause_after(time.perf_counter() - started))
+            self.index_slice(time.perf_counter() + SLICE_SECONDS)
+            await asyncio.sleep(0)  # the page's requests and event stream, between slices
 
     def index_slice(self, deadline: float) -> None:
         """Index waiting files until `deadline` (perf_counter) or none is left."""

@@ -1,4 +1,4 @@
-"""The live page of `serve`: the feed the writers hand their files to, the indexer, the event
+"""The live page, as its process runs it: the feed of published files, the indexer, the event
 stream and the HTTP side, started and stopped together."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from tap_emulator.observe.metrics import Metrics
 from tap_emulator.web.events import EventHub
 from tap_emulator.web.feed import Indexer, PublicationFeed
 from tap_emulator.web.index import Keep, TransactionIndex
@@ -18,21 +17,21 @@ from tap_emulator.web.status import LiveStatus
 
 
 class LivePage:
-    """What `ui_listen` serves: the last `max_transactions` transactions published. The
-    writers hand each file they publish to `feed.offer` (`WriterPool.on_published`)."""
+    """What `ui_listen` serves: the last `max_transactions` transactions published."""
 
     def __init__(
         self,
         output_dir: Path,
         max_transactions: int,
-        metrics: Metrics,
-        problem: Callable[[], str | None],
+        on_pages: Callable[[int], None] = lambda count: None,
     ) -> None:
         self.feed = PublicationFeed(max_items=max_transactions)
         self.index = TransactionIndex(max_transactions, Keep.ARRIVAL)
-        self.hub = EventHub(lambda: self.index.version, lambda: self.status.read())
+        self.hub = EventHub(
+            lambda: self.index.version, lambda: self.status.read(), on_pages=on_pages
+        )
         self.indexer = Indexer(self.feed, self.index, output_dir, self.hub.stage)
-        self.status = LiveStatus(metrics, problem, self.indexer)
+        self.status = LiveStatus(self.indexer, self.hub.state)
         self.server = PageServer(
             self.index,
             self.hub,

@@ -1,5 +1,6 @@
 """The page's header: the emulator's health and rates, read from the metric table (the numbers
-/metrics exports), and the index's own state (how far behind it is, what it skipped)."""
+/metrics exports) by the emulator and sent to the page's process once a second, and the
+index's own state (how far behind the files it is, what it skipped)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,12 @@ def read_samples(metrics: Metrics) -> dict[str, float]:
     return sums
 
 
-def index_state(indexer: Indexer) -> dict[str, Any]:
+def emulator_status(metrics: Metrics, problem: Callable[[], str | None]) -> dict[str, Any]:
+    """What the emulator sends the page's process (in the emulator, once a second)."""
+    return {"problem": problem(), "samples": read_samples(metrics)}
+
+
+def index_state(indexer: Indexer, skipped_before: int = 0) -> dict[str, Any]:
     feed = indexer.feed
     behind = feed.oldest_age_seconds()
     return {
@@ -48,47 +54,54 @@ def index_state(indexer: Indexer) -> dict[str, Any]:
         "max": indexer.index.max_transactions,
         "forgotten": indexer.index.forgotten,
         "pending": feed.pending,
-        "skipped": feed.skipped,
+        "skipped": feed.skipped + skipped_before,
         "behindSeconds": round(behind, 3),
         "lagging": behind >= LAG_SHOWN_SECONDS,
-        "loopShare": round(indexer.pace.share, 3),
     }
 
 
 class LiveStatus:
-    """Health, totals and per-second rates since the previous reading."""
+    """In the page's process: the latest numbers from the emulator and their rates."""
 
     def __init__(
         self,
-        metrics: Metrics,
-        problem: Callable[[], str | None],
         indexer: Indexer,
+        pages: Callable[[], dict[str, int]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._metrics = metrics
-        self._problem = problem
         self._indexer = indexer
+        self._pages = pages
         self._clock = clock
-        self._last = read_samples(metrics)
-        self._last_at = clock()
+        self._latest: dict[str, Any] | None = None
+        self._previous: tuple[float, dict[str, float]] | None = None
         self._rates = dict.fromkeys(TOTALS, 0.0)
 
-    def read(self) -> dict[str, Any]:
+    def update(self, status: dict[str, Any]) -> None:
         now = self._clock()
-        samples = read_samples(self._metrics)
-        elapsed = now - self._last_at
-        if elapsed >= 0.5:
-            self._rates = {
-                key: max(0.0, samples[key] - self._last[key]) / elapsed for key in TOTALS
-            }
-            self._last, self._last_at = samples, now
-        problem = self._problem()
-        return {
+        samples = status["samples"]
+        if self._previous is not None:
+            then, earlier = self._previous
+            elapsed = max(now - then, 1e-3)
+            self._rates = {key: max(0.0, samples[key] - earlier[key]) / elapsed for key in TOTALS}
+        self._previous = (now, samples)
+        self._latest = status
+
+    def read(self) -> dict[str, Any]:
+        latest = self._latest
+        handoff = (latest or {}).get("handoff", {})
+        found: dict[str, Any] = {
             "mode": "live",
-            "ready": problem is None,
-            "problem": problem,
+            "index": index_state(self._indexer, int(handoff.get("skipped", 0))),
+            "pages": self._pages(),
+        }
+        if latest is None:
+            return {**found, "ready": None, "problem": "waiting for the emulator's numbers"}
+        samples = latest["samples"]
+        return {
+            **found,
+            "ready": latest["problem"] is None,
+            "problem": latest["problem"],
             "totals": {key: samples[key] for key in TOTALS},
             "rates": {key: round(value, 2) for key, value in self._rates.items()},
             "gauges": {key: samples[key] for key in GAUGES},
-            "index": index_state(self._indexer),
         }

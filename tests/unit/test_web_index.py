@@ -1,6 +1,6 @@
 """The page's index and its feed: bounded whatever arrives (100,000 transactions through the
 real reader), updates keep their row, halves join, the newest kept when browsing, and the
-hand-off from the writers bounded by count and bytes with what it skipped counted."""
+files waiting to be read bounded by count and bytes, with what was skipped counted."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from tap_emulator.captures.assemble import Assembler
 from tap_emulator.captures.model import Transaction
-from tap_emulator.web.feed import MAX_SHARE, MIN_SHARE, Indexer, LoopPace, PublicationFeed
+from tap_emulator.web.feed import Indexer, PublicationFeed
 from tap_emulator.web.index import Change, Keep, TransactionIndex
 from tests.helpers.captures import AUTHORITY, buffered, request_headers, segment
 
@@ -40,6 +40,10 @@ def get_trace(number: int, status: int = 200) -> bytes:
 
 def publication(number: int) -> Published:
     return Published(f"{AUTHORITY}-{number:032x}", 1, get_trace(number))
+
+
+def offer(feed: PublicationFeed, item: Published) -> None:
+    feed.offer(item.stem, item.sequence, item.payload, time.time())
 
 
 def indexer_for(index: TransactionIndex, changes: list[Change] | None = None) -> Indexer:
@@ -72,7 +76,7 @@ def test_the_index_stays_bounded_after_100000_transactions() -> None:
     rss: dict[int, int] = {}
     for chunk in range(0, 100_000, 10_000):
         for number in range(chunk, chunk + 10_000):
-            indexer.feed.offer(publication(number))
+            offer(indexer.feed, publication(number))
         index_everything(indexer)
         gc.collect()
         rss[chunk + 10_000] = rss_bytes()
@@ -95,7 +99,7 @@ def test_open_streamed_transactions_are_bounded_by_the_index_size() -> None:
     for envoy_id in range(5_000):  # request headers only: never proven whole, never final
         stem = f"{AUTHORITY}-{envoy_id:032x}"
         raw = segment(envoy_id, "request_headers", headers=request_headers(f"{envoy_id:032x}"))
-        indexer.feed.offer(Published(stem, 1, raw))
+        offer(indexer.feed, Published(stem, 1, raw))
     index_everything(indexer)
 
     assert indexer.assembler.open_transactions <= 200
@@ -113,7 +117,7 @@ def test_an_open_transaction_keeps_its_row_as_it_gains_pieces() -> None:
         segment(7, "response_trailers", headers=[("grpc-status", "14")]),
     ]
     for number, raw in enumerate(pieces, start=1):
-        indexer.feed.offer(Published(stem, number, raw))
+        offer(indexer.feed, Published(stem, number, raw))
         index_everything(indexer)
 
     [row] = [json.loads(text) for text in index.rows_json()]
@@ -172,7 +176,7 @@ def test_changes_merge_to_the_last_word_on_each_row() -> None:
 def test_the_feed_skips_the_oldest_past_its_count() -> None:
     feed = PublicationFeed(max_items=3)
     for n in range(5):
-        feed.offer(publication(n))
+        offer(feed, publication(n))
 
     assert (feed.pending, feed.skipped, feed.offered) == (3, 2, 5)
     taken = [feed.take() for _ in range(3)]
@@ -181,10 +185,10 @@ def test_the_feed_skips_the_oldest_past_its_count() -> None:
 
 def test_the_feed_skips_past_its_bytes_and_never_holds_a_file_larger_than_them() -> None:
     feed = PublicationFeed(max_items=100, max_bytes=250)
-    feed.offer(Published("a-1", 1, b"x" * 100))
-    feed.offer(Published("b-1", 1, b"x" * 100))
-    feed.offer(Published("c-1", 1, b"x" * 100))  # over 250: the oldest goes
-    feed.offer(Published("d-1", 1, b"x" * 300))  # larger than the bound: never held
+    offer(feed, Published("a-1", 1, b"x" * 100))
+    offer(feed, Published("b-1", 1, b"x" * 100))
+    offer(feed, Published("c-1", 1, b"x" * 100))  # over 250: the oldest goes
+    offer(feed, Published("d-1", 1, b"x" * 300))  # larger than the bound: never held
 
     assert (feed.pending, feed.skipped) == (2, 2)
 
@@ -193,38 +197,8 @@ def test_a_slice_ends_at_its_deadline_and_the_rest_waits() -> None:
     index = TransactionIndex(100)
     indexer = indexer_for(index)
     for n in range(10):
-        indexer.feed.offer(publication(n))
+        offer(indexer.feed, publication(n))
 
     indexer.index_slice(deadline=0.0)  # already past: one file, then the slice ends
 
     assert indexer.indexed == 1 and indexer.feed.pending == 9
-
-
-class Clocks:
-    def __init__(self) -> None:
-        self.wall = 0.0
-        self.cpu = 0.0
-
-
-def test_the_indexer_takes_half_the_loop_when_the_server_is_quiet() -> None:
-    clocks = Clocks()
-    pace = LoopPace(lambda: clocks.wall, lambda: clocks.cpu)
-    for _ in range(10):  # each 2 ms slice is all the loop's CPU there is
-        clocks.wall += 0.1
-        clocks.cpu += 0.002
-        pause = pace.pause_after(0.002)
-
-    assert pace.share == MAX_SHARE
-    assert pause == 0.002
-
-
-def test_the_indexer_backs_off_to_its_minimum_when_the_streams_keep_the_loop_busy() -> None:
-    clocks = Clocks()
-    pace = LoopPace(lambda: clocks.wall, lambda: clocks.cpu)
-    for _ in range(10):  # the rest of the server keeps the loop thread on a CPU throughout
-        clocks.wall += 0.1
-        clocks.cpu += 0.1
-        pause = pace.pause_after(0.002)
-
-    assert pace.share == MIN_SHARE
-    assert abs(pause - 0.002 * (1 - MIN_SHARE) / MIN_SHARE) < 1e-9

@@ -387,6 +387,9 @@ function renderStatus(status) {
     if (reading.unreadableFiles) text += `, ${formatCount(reading.unreadableFiles)} unreadable`;
     $("rates").textContent = text;
     $("rates").title = (reading.unreadable || []).join("\n");
+  } else if (!status.totals) {
+    health.className = "pill pill-unknown";
+    health.textContent = "waiting for the emulator…";
   } else {
     health.className = "pill " + (status.ready ? "pill-ok" : "pill-bad");
     health.textContent = status.ready ? "ready" : `not ready: ${status.problem}`;
