@@ -2,7 +2,9 @@
 page does (the table fetched on `hello` and on `lagged`, every event decoded), or with
 `--browser`, the page itself in headless Chromium.
 
-On SIGTERM it prints one JSON line: events, rows received, tables fetched, lags, and (in a
+It stands for a browser on another machine (in a cluster the page is reached through
+`kubectl port-forward`): it runs at `nice` 19, so that its own CPU counts as little as can be
+against the emulator's on the machine measured. On SIGTERM it prints one JSON line: events, rows received, tables fetched, lags, and (in a
 browser) the rows the page held and its console errors.
 
     python benchmarks/web/page_client.py http://127.0.0.1:8080/ [--browser]
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -121,6 +124,7 @@ def main() -> int:
     kind.add_argument("--browser", action="store_true", help="the page in headless Chromium")
     kind.add_argument("--stalled", action="store_true", help="ask for the stream, never read")
     args = parser.parse_args()
+    os.nice(19)
     url = args.url if args.url.endswith("/") else args.url + "/"
     if args.browser:
         run_browser(url)

@@ -7,7 +7,7 @@ metrics over the window, exactly as `bench.py` measures the emulator. Conditions
 - `closed`: the page is on (`ui_listen`, its index fed from publications) and nobody looks;
 - `open`: `--pages` pages follow the event stream (`page_client.py`: the table fetched on
   `hello` and `lagged`, every event decoded; `--browser` makes them real headless Chromium
-  pages, whose own CPU then competes with the emulator's on this machine);
+  pages). They stand for browsers on other machines and run at `nice` 19;
 - `stalled` (with `--stalled`): one page asks for the stream and never reads;
 - `off` (with `--ui-off`): `ui_listen: ''`, for what the index itself costs.
 
@@ -152,8 +152,7 @@ def main() -> int:
                 print(
                     f"  {condition:8} {run['files_per_s']:9.1f} files/s "
                     f"{run['msgs_per_s']:9.1f} msgs/s  server {run['server_cores']:.2f} cores  "
-                    f"index held {index.get('held', '-')} skipped {index.get('skipped', '-')} "
-                    f"share {index.get('loopShare', '-')}",
+                    f"index held {index.get('held', '-')} skipped {index.get('skipped', '-')}",
                     flush=True,
                 )
                 runs.append(run)

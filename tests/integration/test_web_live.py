@@ -5,6 +5,7 @@ with pages open. `tap-emulator browse` serves a directory the same way."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -155,6 +156,27 @@ def test_the_server_stops_cleanly_with_pages_open(start_emulator: Any) -> None:
         stalled.close()
         reading.close()
     assert "stopped cleanly" in emulator.log
+
+
+def page_process_of(emulator: EmulatorProcess) -> int:
+    children = Path(f"/proc/{emulator.pid}/task/{emulator.pid}/children").read_text().split()
+    for child in map(int, children):
+        if b"tap_emulator.web.child" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return child
+    raise AssertionError(f"no page process among {children}")
+
+
+def test_capture_goes_on_when_the_pages_process_dies(start_emulator: Any) -> None:
+    emulator = start_emulator()
+    page = page_process_of(emulator)
+    assert Path(f"/proc/{page}/stat").read_text().split()[18] == "10"  # its nice value
+
+    os.kill(page, signal.SIGKILL)
+    assert wait_for(lambda: "the web page's process ended" in emulator.log, timeout=10)
+    send_one(emulator, "4" * 32)
+
+    assert any(name.startswith(t.SEED_AUTHORITY) for name in os.listdir(emulator.output_dir))
+    assert emulator.stop() == 0
 
 
 def test_browse_serves_a_directory_read_by_the_capture_reader(vectors: Path) -> None:
