@@ -4,8 +4,9 @@ page does (the table fetched on `hello` and on `lagged`, every event decoded), o
 
 It stands for a browser on another machine (in a cluster the page is reached through
 `kubectl port-forward`): it runs at `nice` 19, so that its own CPU counts as little as can be
-against the emulator's on the machine measured. On SIGTERM it prints one JSON line: events, rows received, tables fetched, lags, and (in a
-browser) the rows the page held and its console errors.
+against the emulator's on the machine measured. On SIGTERM it prints one JSON line:
+events, rows received, tables fetched, lags, and (in a browser) the rows the page held and
+its console errors.
 
     python benchmarks/web/page_client.py http://127.0.0.1:8080/ [--browser]
     python benchmarks/web/page_client.py http://127.0.0.1:8080/ --stalled   # never reads

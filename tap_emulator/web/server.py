@@ -14,12 +14,12 @@ Reading files back, rendering and exporting run in worker threads, two at a time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import ipaddress
 import json
 import logging
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -59,6 +59,7 @@ _SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 _EXPORT_CHUNK_BYTES = 256 * 1024
+_EXPORT_QUEUED_CHUNKS = 4
 _WORKERS = 2
 _READ_TIMEOUT_SECONDS = 30.0
 
@@ -298,26 +299,82 @@ class PageServer:
             return _error(400, str(exc))
         chosen = self.index.select(wanted)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-        disposition = f'attachment; filename="tap-emulator-{stamp}.{suffix}"'
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": content_type,
+                "Content-Disposition": f'attachment; filename="tap-emulator-{stamp}.{suffix}"',
+                "X-Tap-Emulator-Transactions": str(len(chosen)),
+            }
+        )
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
         async with self._workers:
-            with tempfile.TemporaryFile() as out:
-                count = await asyncio.to_thread(write, chosen, out)
-                size = await asyncio.to_thread(out.tell)
-                await asyncio.to_thread(out.seek, 0)
-                response = web.StreamResponse(
-                    headers={
-                        "Content-Type": content_type,
-                        "Content-Disposition": disposition,
-                        "Content-Length": str(size),
-                        "X-Tap-Emulator-Transactions": str(count),
-                    }
-                )
-                await response.prepare(request)
-                if request.method != "HEAD":
-                    while chunk := await asyncio.to_thread(out.read, _EXPORT_CHUNK_BYTES):
-                        await response.write(chunk)
-                await response.write_eof()
+            sink = _ChunkSink(asyncio.get_running_loop())
+            writing = asyncio.create_task(asyncio.to_thread(_written, write, chosen, sink))
+            try:
+                while (chunk := await sink.chunks.get()) is not None:
+                    await response.write(chunk)
+            finally:
+                sink.abandoned = True  # the download was cut: the writer stops at its next chunk
+                sink.drain()
+                with contextlib.suppress(ConnectionError, _AbandonedError):
+                    await writing
+        await response.write_eof()
         return response
+
+
+class _AbandonedError(Exception):
+    """The download was cut before its export was written."""
+
+
+class _ChunkSink(io.RawIOBase):
+    """A binary file the export writes in a worker thread; what it writes reaches the
+    response in chunks, through a queue of a few, so the export waits for the client (never
+    the other way round) and nothing is held on disk or in memory beyond those chunks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_EXPORT_QUEUED_CHUNKS)
+        self.abandoned = False
+        self._buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._buffer += data
+        if len(self._buffer) >= _EXPORT_CHUNK_BYTES:
+            self._send(bytes(self._buffer))
+            self._buffer.clear()
+        return len(data)
+
+    def finish(self) -> None:
+        if self._buffer:
+            self._send(bytes(self._buffer))
+        self._send(None)
+
+    def _send(self, chunk: bytes | None) -> None:
+        if self.abandoned:
+            raise _AbandonedError()
+        asyncio.run_coroutine_threadsafe(self.chunks.put(chunk), self.loop).result()
+
+    def drain(self) -> None:
+        """Empty the queue, so that a writer blocked on a full one goes on (and stops)."""
+        while not self.chunks.empty():
+            self.chunks.get_nowait()
+
+
+def _written(
+    write: Callable[[list[Transaction], IO[bytes]], int],
+    chosen: list[Transaction],
+    sink: _ChunkSink,
+) -> int:
+    try:
+        return write(chosen, sink)  # type: ignore[arg-type]
+    finally:
+        sink.finish()  # the response ends even if the export failed part way
 
 
 def _write_har(chosen: list[Transaction], out: IO[bytes]) -> int:

@@ -175,7 +175,7 @@ def test_capture_goes_on_when_the_pages_process_dies(start_emulator: Any) -> Non
     assert wait_for(lambda: "the web page's process ended" in emulator.log, timeout=10)
     send_one(emulator, "4" * 32)
 
-    assert any(name.startswith(t.SEED_AUTHORITY) for name in os.listdir(emulator.output_dir))
+    assert any(f.name.startswith(t.SEED_AUTHORITY) for f in emulator.output_dir.iterdir())
     assert emulator.stop() == 0
 
 
