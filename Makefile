@@ -39,6 +39,11 @@ manifests: tools ## regenerate deploy/manifests from the charts
 test: $(STAMP) tools ## run the whole test suite
 	$(BIN)/pytest $(ARGS)
 
+unit: $(STAMP) ## run the unit tests only (no processes, no Envoy, no deploy tools; ~1 min)
+	$(BIN)/pytest tests/unit $(ARGS)
+
+check: lint test ## what CI runs: lint (ruff, ruff format, mypy --strict), then the whole suite
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -54,7 +59,9 @@ $(VENV)/.bench: $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,lint,bench]'
 	touch $@
 
-bench: $(VENV)/.bench ## throughput, latency, memory against this machine's ceilings (~3 min; ARGS=--reference refreshes benchmarks/results/reference)
+# The ext_proc part drives Envoy with nghttp2's h2load (Debian's nghttp2-client).
+bench: $(VENV)/.bench ## emulator against this machine's ceilings, then Envoy's cost of each tap (~5 min; ARGS="--only extproc" for that part alone, ARGS=--reference refreshes benchmarks/results/reference)
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 FUZZ_SECONDS ?= 60
@@ -71,4 +78,4 @@ fuzz: $(STAMP) ## run each atheris target for FUZZ_SECONDS (default 60); finds g
 docs: $(STAMP) ## regenerate docs/settings.md and docs/metrics.md from the code
 	$(BIN)/python scripts/generate_docs.py
 
-.PHONY: help venv run tools manifests test lint proto docs demo fuzz bench
+.PHONY: help venv run tools manifests test unit check lint proto docs demo fuzz bench

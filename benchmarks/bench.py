@@ -1,11 +1,11 @@
-"""Issue 6 benchmark runner: the emulator against the machine's own ceilings, in one run.
+"""Benchmark runner: the emulator against the machine's own ceilings, in one run.
 
 Everything runs on loopback, in separate processes: the server under test (``python -m
-tap_emulator serve``, or a variant wrapper), the receive-only and write-only ceilings
-(``ceilings.py``) and the load generators (``load/client.py``, two processes by default).
-Each server writes into a fresh tmpfs mounted for it (decisions.md 15), unmounted after.
+tap_emulator serve``), the receive-only and write-only ceilings (``ceilings.py``) and the
+load generators (``load/client.py``, two processes by default). Each server writes into a
+fresh tmpfs mounted for it (so the disk never limits and nothing is left), unmounted after.
 
-Phases of the standard set (``make bench``, about 4 minutes):
+Phases (``make bench``, about 5 minutes):
 
 1. **ceilings and peak**, interleaved ``--repeat`` times (the order rotates every repeat):
    receive-only, write-only, and the emulator, closed loop at ``--streams`` streams;
@@ -15,15 +15,20 @@ Phases of the standard set (``make bench``, about 4 minutes):
    differenced over the window) and per file (ctime of the published file minus the
    message's scheduled send time);
 4. **burst**: ``--burst-streams`` streams offering 10x the measured throughput for
-   ``--burst-seconds``; the server's RSS is sampled every 20 ms.
+   ``--burst-seconds``; the server's RSS is sampled every 20 ms;
+5. **ext_proc** (``extproc/``): one Envoy with three listeners (no tap, tap filter,
+   ext_proc into the emulator), the same h2load mix on each in interleaved closed-loop and
+   fixed-rate rounds: Envoy CPU per request per arm, the emulator's CPU per transaction,
+   loss. ``--only standard`` or ``--only extproc`` runs one part.
 
 Every emulator run is verified file by file (``load/verify.py``): ``lost`` is messages
 acknowledged (streams answered OK) minus the valid files found. Results go to
 ``benchmarks/results/latest.json`` (and ``--out``), with a Markdown table and PNG plots
 written by ``report.py`` next to ``--out``.
 
-    python benchmarks/bench.py                      # the standard set
-    python benchmarks/bench.py --quick              # a smoke run (~1 minute)
+    python benchmarks/bench.py                      # the standard set and ext_proc
+    python benchmarks/bench.py --only extproc       # the ext_proc part alone
+    python benchmarks/bench.py --quick              # a smoke run (~1.5 minutes)
     python benchmarks/bench.py --reference          # also into results/reference/
 """
 
@@ -44,8 +49,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import deque
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -56,14 +59,25 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from extproc import phase as extproc_phase  # noqa: E402
 from load import client as load_client  # noqa: E402
 from load import payloads  # noqa: E402
 from load.verify import verify  # noqa: E402
+from procs import (  # noqa: E402
+    PRODUCT,
+    Proc,
+    Scratch,
+    kill_children,
+    machine_busy_s,
+    proc_cpu_s,
+    proc_memory_kib,
+)
+
+from tap_emulator.config import Settings  # noqa: E402
 
 RESULTS = HERE / "results"
 LATEST = RESULTS / "latest.json"
 REFERENCE = RESULTS / "reference"
-SHM = Path("/dev/shm")
 PACKAGES = (
     "grpcio",
     "protobuf",
@@ -72,41 +86,12 @@ PACKAGES = (
     "matplotlib",
     "py-spy",
 )
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LISTENING = re.compile(r"listening tap=(\S+):(\d+) metrics=(\S+):(\d+)")
 START_TIMEOUT_S = 30.0
+WRITE_EVENT_KEYS = frozenset({"event", "port", "pid"})
+PARTS = ("standard", "extproc")
+PRODUCT_SETTINGS = Settings()
 Json = dict[str, Any]
-
-
-# --- /proc ------------------------------------------------------------------------------
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all threads), in seconds; 0 once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_memory_kib(pid: int) -> dict[str, int]:
-    found = {"rss_kib": 0, "hwm_kib": 0}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                found["rss_kib"] = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                found["hwm_kib"] = int(line.split()[1])
-    return found
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / CLK_TCK
 
 
 def product_commit() -> str:
@@ -163,126 +148,9 @@ def describe_machine() -> Json:
     }
 
 
-# --- processes --------------------------------------------------------------------------
-
-
-CHILDREN: list[Proc] = []
-
-
-def kill_children() -> None:
-    """End every process this runner started that is still running (by its own pid)."""
-    for proc in CHILDREN:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(5)
-
-
-class Proc:
-    """A child process whose stdout is JSON lines and whose stderr is kept for diagnosis."""
-
-    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.events: list[Json] = []
-        self.stderr: deque[str] = deque(maxlen=400)
-        self._cond = threading.Condition()
-        self.popen = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            cwd=PRODUCT[0],
-            env=env or child_env(),
-        )
-        self.pid = self.popen.pid
-        CHILDREN.append(self)
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_stdout(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            with contextlib.suppress(json.JSONDecodeError):
-                event = json.loads(line)
-                with self._cond:
-                    self.events.append(event)
-                    self._cond.notify_all()
-
-    def _read_stderr(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            with self._cond:
-                self.stderr.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    def wait_for(self, test: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = test()
-                if found:
-                    return found
-                if self.popen.poll() is not None and not found:
-                    # one last look after the pipes drain
-                    self._cond.wait(0.2)
-                    found = test()
-                    if found:
-                        return found
-                    raise RuntimeError(
-                        f"{self.name} exited ({self.popen.returncode}) {what}: "
-                        + " | ".join(list(self.stderr)[-8:])
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(
-                        f"{self.name}: no {what} in {timeout}s: "
-                        + " | ".join(list(self.stderr)[-8:])
-                    )
-                self._cond.wait(min(left, 0.5))
-
-    def event(self, name: str, timeout: float, after: int = 0) -> Json:
-        def find() -> Json | None:
-            for event in self.events[after:]:
-                if event.get("event") == name:
-                    return event
-            return None
-
-        result: Json = self.wait_for(find, timeout, f"'{name}' event")
-        return result
-
-    def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.send_signal(signum)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.popen.poll() is None:
-            self.signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            return self.popen.wait()
-
-
-#: Where the servers' `tap_emulator` comes from: this repository, or `--product-dir` (for
-#: example a `git archive` of another commit, to compare two versions in one run).
-PRODUCT: list[Path] = [REPO]
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(PRODUCT[0]), str(HERE), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
 @dataclass
 class Server:
-    """A server under test: the emulator (or a variant), or the receive-only ceiling."""
+    """A server under test: the emulator, or the receive-only ceiling."""
 
     proc: Proc
     kind: str  # "emulator" or "receive"
@@ -311,6 +179,18 @@ class Server:
             "cpu_s": proc_cpu_s(self.pid),
             **proc_memory_kib(self.pid),
         }
+
+
+def per_peer_flags() -> list[str]:
+    """Every simulated proxy connects from 127.0.0.1, one peer address to the emulator: its
+    per-peer share of the stream slots is lifted to the whole limit, as many proxies from
+    many addresses would have it (``--server-arg`` can set it back). Products older than
+    the per-peer limit (``--product-dir``) get nothing."""
+    config = PRODUCT[0] / "tap_emulator" / "config.py"
+    with contextlib.suppress(OSError):
+        if "max_streams_per_peer" in config.read_text():
+            return ["--max-streams-per-peer", str(PRODUCT_SETTINGS.max_concurrent_streams)]
+    return []
 
 
 class Measured(Protocol):
@@ -388,46 +268,6 @@ def histogram_quantiles(before: Json, after: Json) -> Json:
     return out
 
 
-# --- tmpfs ------------------------------------------------------------------------------
-
-
-class Scratch:
-    """Fresh tmpfs mounts (or /dev/shm directories when mounting is not allowed)."""
-
-    def __init__(self) -> None:
-        self.root = SHM / f"tap-bench-{os.getpid()}"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.counter = itertools.count(1)
-        self.mounting = True
-
-    @contextlib.contextmanager
-    def directory(self) -> Iterator[Path]:
-        path = self.root / f"p{next(self.counter)}"
-        path.mkdir()
-        mounted = False
-        if self.mounting:
-            result = subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", "size=12g,mode=0755", "tmpfs", str(path)],
-                capture_output=True,
-                check=False,
-            )
-            mounted = result.returncode == 0
-            if not mounted:
-                self.mounting = False
-                print(f"  (cannot mount a tmpfs, using {SHM}: {result.stderr!r})", flush=True)
-        try:
-            yield path
-        finally:
-            if mounted:
-                subprocess.run(["umount", "-l", str(path)], check=False)
-                path.rmdir()
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-
-    def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 # --- sampling ---------------------------------------------------------------------------
 
 
@@ -502,7 +342,6 @@ class Bench:
     def start_emulator(
         self,
         directory: Path,
-        variant: str | None = None,
         *,
         flags: tuple[str, ...] = (),
         port: int = 0,
@@ -517,15 +356,11 @@ class Bench:
             "127.0.0.1:0",
             "--output-dir",
             str(directory),
+            *per_peer_flags(),
             *self.args.server_arg,
             *flags,
         ]
-        variant = variant or self.args.variant
-        if variant:
-            argv = [sys.executable, str(HERE / "profile" / "variants.py"), variant, *serve]
-        else:
-            argv = [sys.executable, "-m", "tap_emulator", *serve]
-        proc = Proc(argv, f"emulator[{variant or 'product'}]")
+        proc = Proc([sys.executable, "-m", "tap_emulator", *serve], "emulator")
 
         def listening() -> re.Match[str] | None:
             for line in proc.stderr:
@@ -646,8 +481,7 @@ class Bench:
             run.update(target=target, streams=streams, rep=rep)
             return self._keep(run)
         with self.scratch.directory() as directory:
-            variant = None if target == "emulator" else target.removeprefix("emulator:")
-            server = self.start_emulator(directory, variant)
+            server = self.start_emulator(directory)
             try:
                 clients = self.start_clients(server.port, streams, 0.0)
                 run, sent = self.measure(
@@ -703,7 +537,7 @@ class Bench:
                 ],
                 "write-only",
             )
-            proc.event("listening", START_TIMEOUT_S)
+            listening = proc.event("listening", START_TIMEOUT_S)
             server = Server(proc, "receive", 0)
             time.sleep(args.warmup)
             with RssSampler(proc.pid, 0.1):
@@ -733,6 +567,7 @@ class Bench:
             "files_on_disk": final["files_on_disk"],
             "lost": final["messages"] - final["files_on_disk"],
             "loadavg_1m": round(os.getloadavg()[0], 2),
+            "pool_settings": {k: v for k, v in listening.items() if k not in WRITE_EVENT_KEYS},
         }
         return self._keep(run)
 
@@ -825,8 +660,11 @@ class Bench:
                 "other_cores",
                 "peak_rss_mb",
                 "lost",
+                "streams_ok",
             )
         }
+        if run.get("streams_not_ok"):
+            shown["streams_not_ok"] = run["streams_not_ok"][:1]
         print(f"    {shown}", flush=True)
         return run
 
@@ -992,7 +830,6 @@ def run_standard(bench: Bench) -> Json:
             "burst_streams": args.burst_streams,
             "burst_seconds": args.burst_seconds,
             "server_args": args.server_arg,
-            "variant": args.variant or "product",
         },
         "mix": {
             **bench.mix.describe(),
@@ -1027,6 +864,31 @@ def run_standard(bench: Bench) -> Json:
         ],
         "runs": bench.runs,
     }
+
+
+def run_header(bench: Bench) -> Json:
+    """The parts of a result every run has, for a run without the standard set."""
+    machine = describe_machine()
+    print(f"machine: {machine['nproc']} x {machine['cpu_model']}, load {machine['loadavg_before']}")
+    return {
+        "schema": 1,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "duration_s": 0.0,
+        "command": " ".join(sys.argv),
+        "machine": machine,
+        "config": {"only": list(bench.args.only), "server_args": bench.args.server_arg},
+    }
+
+
+def run_extproc(bench: Bench) -> Json:
+    args = bench.args
+    settings = extproc_phase.Settings(
+        seconds=args.extproc_seconds,
+        repeat=args.extproc_repeat,
+        rate=args.extproc_rate,
+        connections=args.extproc_connections,
+    )
+    return extproc_phase.ExtProcPhase(bench, settings).run()
 
 
 def thin(values: list[float], keep: int) -> list[float]:
@@ -1065,11 +927,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra flag for `tap-emulator serve` (repeatable), e.g. --server-arg=--writers=4",
     )
     parser.add_argument(
-        "--variant",
-        default=None,
-        help="run every emulator phase on a profile/variants.py prototype (e.g. fastest)",
-    )
-    parser.add_argument(
         "--product-dir",
         type=Path,
         default=None,
@@ -1078,6 +935,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
         "--reference", action="store_true", help="also write JSON, Markdown, PNGs to reference/"
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda text: tuple(part for part in text.split(",") if part),
+        default=PARTS,
+        help="which parts to run, comma-separated: standard, extproc (default both)",
+    )
+    parser.add_argument(
+        "--extproc-seconds", type=float, default=5.0, help="seconds per ext_proc round"
+    )
+    parser.add_argument(
+        "--extproc-repeat", type=int, default=3, help="interleaved repeats of the ext_proc rounds"
+    )
+    parser.add_argument(
+        "--extproc-rate", type=float, default=500.0, help="req/s of the fixed-rate rounds"
+    )
+    parser.add_argument(
+        "--extproc-connections", type=int, default=10, help="client connections per round"
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument(
@@ -1088,9 +963,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only run the burst phase, offering RATE msg/s (prints JSON; no latest.json)",
     )
     args = parser.parse_args(argv)
+    unknown = set(args.only) - set(PARTS)
+    if unknown or not args.only:
+        parser.error(f"--only: choose among {', '.join(PARTS)} (got {','.join(args.only)})")
+    if args.reference and "standard" not in args.only:
+        parser.error("--reference needs the standard set")
     if args.quick:
         args.window, args.warmup, args.repeat = 2.0, 0.5, 1
         args.sweep, args.burst_seconds = [4, 64], 2.0
+        args.extproc_seconds, args.extproc_repeat = 2.0, 1
     return args
 
 
@@ -1113,7 +994,12 @@ def main() -> int:
         print(json.dumps(burst, indent=1))
         return 0
     try:
-        result = run_standard(bench)
+        result = run_standard(bench) if "standard" in args.only else run_header(bench)
+        if "extproc" in args.only:
+            print("phase 5: ext_proc, one Envoy, three arms", flush=True)
+            result["extproc"] = run_extproc(bench)
+            result["duration_s"] = round(time.monotonic() - bench.started, 1)
+            result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         kill_children()
         bench.scratch.close()

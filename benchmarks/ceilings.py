@@ -1,13 +1,14 @@
 """The two ceilings that bound the emulator on this machine, as benchmark processes.
 
-``receive``: the product's gRPC transport (grpc.aio on uvloop, the options of
-``tap_emulator.app.grpc_server_options`` and its concurrent-stream limit), with a raw-bytes
+``receive``: the product's gRPC transport (grpc.aio on uvloop, the server as ``serve``
+makes it with ``tap_emulator.app.grpc_server_options``), with a raw-bytes
 ``StreamTaps`` handler that only counts messages and bytes: no parse, no naming, no write.
 The runner drives it with the same load generators as the emulator.
 
-``write``: the product's ``WriterPool`` (default writers, batch size and queue bounds) on
-uvloop, fed by one coroutine with the same file payloads as the load's mix (the templates'
-expected files), with no gRPC in front. The producer yields to the loop every
+``write``: the product's write queue, publisher and ``WriterPool`` built from the default
+settings as ``serve`` builds them (``app.build``) on uvloop, fed by one coroutine
+with the same file payloads as the load's mix (the templates' expected files), with no
+gRPC in front. The producer yields to the loop every
 ``YIELD_EVERY`` files (a stream handler yields on every read) and otherwise waits only when
 the queue is full.
 
@@ -92,10 +93,7 @@ async def receive_only(args: argparse.Namespace) -> None:
         return b""
 
     settings = Settings()
-    server = grpc.aio.server(
-        options=grpc_server_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_streams,
-    )
+    server = grpc.aio.server(options=grpc_server_options(settings))  # as `serve` makes it
     handler = grpc.stream_unary_rpc_method_handler(stream_taps)
     generic = grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler})
     server.add_generic_rpc_handlers([generic])
@@ -123,8 +121,9 @@ def count_files(directory: Path) -> int:
 async def write_only(args: argparse.Namespace) -> None:
     from load import payloads
 
-    from tap_emulator.observe.metrics import Metrics
-    from tap_emulator.write.pool import Publication, WriterPool
+    from tap_emulator import app
+    from tap_emulator.config import Settings
+    from tap_emulator.write.queue import Publication
 
     catalog = payloads.build_catalog(
         payloads.Mix.parse(args.kinds, args.bodies, args.redact_fraction, args.templates, args.seed)
@@ -134,8 +133,12 @@ async def write_only(args: argparse.Namespace) -> None:
         for t in catalog.transactions
         for m in t.messages
     ]
-    pool = WriterPool(Path(args.dir), Metrics())  # the product's defaults
-    pool.open()
+    # The queue, publisher and pool exactly as `serve` wires them from the default settings,
+    # so the ceiling follows the product; only the gRPC server in front is left out.
+    settings = Settings(output_dir=Path(args.dir))
+    emulator = app.build(settings)
+    emulator.publisher.open()
+    pool, queue = emulator.pool, emulator.queue
     await pool.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -145,16 +148,25 @@ async def write_only(args: argparse.Namespace) -> None:
         lambda: emit("snapshot", messages=pool.published, produced=produced["n"], **own_usage()),
     )
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    emit("listening", port=0, pid=os.getpid())
+    emit(
+        "listening",
+        port=0,
+        pid=os.getpid(),
+        writers=settings.writers,
+        writer_batch_max_items=settings.writer_batch_max_items,
+        queue_max_items=settings.queue_max_items,
+        queue_max_bytes=settings.queue_max_bytes,
+        writer_mode=str(settings.writer_mode.value),
+    )
 
     async def produce() -> None:
         count = len(files)
         n = 0
         while not stop.is_set():
             prefix, payload = files[n % count]
-            publication = Publication(f"{prefix}-{n:032x}", 1, payload, time.monotonic())
-            if not pool.try_put(publication):
-                await pool.put(publication)
+            group = [Publication(f"{prefix}-{n:032x}", 1, payload, time.monotonic())]
+            if not queue.try_put(group):
+                await queue.put(group)
             n += 1
             produced["n"] = n
             if n % YIELD_EVERY == 0:

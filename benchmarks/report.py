@@ -30,6 +30,16 @@ def _n(value: Any, digits: int = 0) -> str:
 
 
 def summary_table(result: Json) -> str:
+    """The summary of every part the run has: the standard set, the ext_proc arms."""
+    parts = []
+    if "emulator_msgs_per_s" in result:
+        parts.append(_standard_summary(result))
+    if "extproc" in result:
+        parts.append(extproc_table(result["extproc"]))
+    return "\n\n".join(parts)
+
+
+def _standard_summary(result: Json) -> str:
     goals = result.get("goals", {})
     lat = result["latency"]
     rows = [
@@ -122,8 +132,7 @@ def _machine(result: Json) -> str:
             f"| packages | {packages} |",
             f"| load average before / after | {m['loadavg_before']} / {m.get('loadavg_after')} |",
             f"| run | {result['started']}, {result['duration_s']} s, `{result['command']}`, "
-            f"product {m.get('product_commit', '?')}, "
-            f"variant {result['config'].get('variant', 'product')} |",
+            f"product {m.get('product_commit', '?')} |",
         ]
     )
 
@@ -131,14 +140,12 @@ def _machine(result: Json) -> str:
 def write_report(result: Json, md_path: Path, png_dir: Path) -> list[Path]:
     """Write the Markdown report and the plots; returns the paths written."""
     stem = md_path.stem
-    pngs = _plots(result, png_dir, stem)
-    mix = result["mix"]
-    burst = result["burst"]
+    pngs = _plots(result, png_dir, stem) if "emulator_msgs_per_s" in result else []
     parts = [
         f"# tap-emulator benchmark ({result['started']})",
         "",
         "Produced by `benchmarks/bench.py`; method in `benchmarks/README.md`. Only ratios "
-        "measured side by side in one run mean anything (decisions.md 15).",
+        "measured side by side in one run mean anything.",
         "",
         "## Summary",
         "",
@@ -148,6 +155,25 @@ def write_report(result: Json, md_path: Path, png_dir: Path) -> list[Path]:
         "",
         _machine(result),
         "",
+    ]
+    if "emulator_msgs_per_s" in result:
+        parts += _standard_sections(result)
+    if "extproc" in result:
+        parts += [
+            "## ext_proc: what each way of tapping costs Envoy",
+            "",
+            extproc_details(result["extproc"]),
+            "",
+        ]
+    parts += [f"![{p.stem}]({p.name})" for p in pngs]
+    md_path.write_text("\n".join(parts) + "\n")
+    return [md_path, *pngs]
+
+
+def _standard_sections(result: Json) -> list[str]:
+    mix = result["mix"]
+    burst = result["burst"]
+    return [
         "## Traffic",
         "",
         "Transactions "
@@ -177,9 +203,121 @@ def write_report(result: Json, md_path: Path, png_dir: Path) -> list[Path]:
         f"lost {burst['lost']}.",
         "",
     ]
-    parts += [f"![{p.stem}]({p.name})" for p in pngs]
-    md_path.write_text("\n".join(parts) + "\n")
-    return [md_path, *pngs]
+
+
+ARM_NAMES = {
+    "notap": "no tap",
+    "tap": "tap filter, file_per_tap",
+    "extproc": "ext_proc tap into the emulator",
+}
+
+
+def _ratio(entry: Json, key: str, digits: int, unit: str = "") -> str:
+    value, ratio = entry.get(key), entry.get(f"{key}_ratio")
+    if value is None:
+        return "-"
+    shown = f"{value:,.{digits}f}{unit}"
+    return shown if ratio is None else f"x{ratio:.2f} ({shown})"
+
+
+def extproc_table(ext: Json) -> str:
+    """Arms against no tap: closed-loop and fixed-rate figures as ratios, absolute beside."""
+    if not ext.get("available", True) and "summary" not in ext:
+        return f"ext_proc part not run: {ext.get('reason')}"
+    summary = ext["summary"]
+    settings = ext["settings"]
+    rate = settings["fixed_rate_req_per_s"]
+    lines = [
+        f"| arm | closed loop, {settings['connections']} connections: req/s | p50 | p99 | "
+        f"Envoy CPU/req | fixed {rate:,.0f} req/s: req/s held | p50 | p99 | Envoy CPU/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, name in ARM_NAMES.items():
+        closed, fixed = summary["closed"][arm], summary["fixed"][arm]
+        if not closed.get("available"):
+            reason = ext.get("extproc_arm", {}).get("reason", "not measured")
+            lines.append(f"| {name} | not available: {reason} | | | | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {_ratio(closed, 'req_per_s', 0)} | {_ratio(closed, 'p50_ms', 2, ' ms')} | "
+            f"{_ratio(closed, 'p99_ms', 2, ' ms')} | "
+            f"{_ratio(closed, 'envoy_cpu_us_per_request', 0, ' µs')} | "
+            f"{_n(fixed.get('req_per_s'))} | {_ratio(fixed, 'p50_ms', 2, ' ms')} | "
+            f"{_ratio(fixed, 'p99_ms', 2, ' ms')} | "
+            f"{_ratio(fixed, 'envoy_cpu_us_per_request', 0, ' µs')} |"
+        )
+    goals = ext.get("goals", {})
+    if goals:
+        shown = ", ".join(
+            f"{k}: {'not measured' if v is None else 'met' if v else 'NOT met'}"
+            for k, v in goals.items()
+        )
+        lines.append(f"\next_proc goals: {shown}.")
+    return "\n".join(lines)
+
+
+def extproc_details(ext: Json) -> str:
+    """The emulator's side, loss, and every round."""
+    if "summary" not in ext:
+        return extproc_table(ext)
+    settings = ext["settings"]
+    mix = ", ".join(
+        f"{name} ({m['connections']} connections, HTTP/{m['http']}, "
+        f"{m['request_body_bytes']:,} B request body)"
+        for name, m in settings["mix"].items()
+    )
+    parts = [
+        f"One Envoy (`--concurrency 1`), one listener per arm, the same route to an upstream "
+        f"Envoy that answers itself. Client: h2load, one process per kind: {mix}. "
+        f"{settings['repeat']} repeats of a closed-loop and a fixed-rate round per arm, "
+        f"{settings['round_seconds']:g} s each, the order of the arms rotating; figures are "
+        "medians, `xN` the median of the per-round ratios to no tap. The Envoy under test "
+        f"idles at {ext['envoy_idle_cores']:.3f} cores (part of every round's CPU per request, "
+        "which weighs on the fixed-rate rounds).",
+        "",
+    ]
+    arm = ext.get("extproc_arm", {})
+    closed = ext["summary"]["closed"].get("extproc", {})
+    fixed = ext["summary"]["fixed"].get("extproc", {})
+    if arm.get("available"):
+        parts += [
+            f"**Emulator:** {_n(closed.get('emulator_transactions_per_core_s'))} transactions/s "
+            f"per core of its own CPU in the closed loop "
+            f"({_n(closed.get('emulator_cpu_us_per_transaction'))} µs per transaction, "
+            f"{_n(closed.get('emulator_cores'), 2)} cores); at the fixed rate "
+            f"{_n(fixed.get('emulator_transactions_per_core_s'))} per core "
+            f"({_n(fixed.get('emulator_cpu_us_per_transaction'))} µs per transaction).",
+            "",
+            f"**Lost by mode:** closed loop {_n(closed.get('lost'))} of "
+            f"{_n(closed.get('sent'))} transactions, fixed rate {_n(fixed.get('lost'))} of "
+            f"{_n(fixed.get('sent'))}.",
+            "",
+        ]
+        loss = ext["loss"]
+        parts += [
+            f"**Loss** (the whole part): {_n(loss['transactions_sent'])} transactions sent, "
+            f"{_n(loss['files_written'])} files written, lost {_n(loss['lost'])} (the emulator "
+            f"opened {_n(loss.get('emulator_streams_opened'))} ext_proc streams); counted by "
+            f"the emulator's metrics: {loss['counted_lost_by_emulator'] or 'none'}; Envoy: "
+            f"{loss['envoy']}.",
+            "",
+        ]
+    else:
+        parts += [f"**ext_proc arm not available:** {arm.get('reason')}", ""]
+    lines = [
+        "| arm | mode | rep | requests | req/s | p50 ms | p99 ms | Envoy CPU µs/req | "
+        "Envoy cores | client cores | emulator cores | emulator tx/s per core | other cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in ext["rounds"]:
+        lines.append(
+            f"| {r['arm']} | {r['mode']} | {r['rep']} | {_n(r['requests'])} | "
+            f"{_n(r['req_per_s'])} | {_n(r['p50_ms'], 2)} | {_n(r['p99_ms'], 2)} | "
+            f"{_n(r['envoy_cpu_us_per_request'])} | {_n(r['envoy_cores'], 2)} | "
+            f"{_n(r['client_cores'], 2)} | {_n(r.get('emulator_cores'), 2)} | "
+            f"{_n(r.get('emulator_transactions_per_core_s'))} | {_n(r['other_cores'], 2)} |"
+        )
+    return "\n".join([*parts, *lines])
 
 
 def _plots(result: Json, directory: Path, stem: str) -> list[Path]:

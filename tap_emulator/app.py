@@ -49,9 +49,10 @@ from tap_emulator.observe.metrics import Metrics, TableStats
 from tap_emulator.observe.summary import TrafficSummary
 from tap_emulator.web.link import PageProcess, PageStartError
 from tap_emulator.web.status import emulator_status
+from tap_emulator.write.directory import DirectoryPublisher
 from tap_emulator.write.numbering import Numbering
 from tap_emulator.write.pool import WriterOptions, WriterPool
-from tap_emulator.write.publisher import DirectoryPublisher, Publisher
+from tap_emulator.write.publisher import Publisher
 from tap_emulator.write.queue import WriteQueue
 from tap_emulator.write.retention import RetentionLedger, RetentionPolicy
 from tap_emulator.write.watch import OutputWatch
@@ -219,6 +220,7 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
             ),
         }
     )
+    metrics.watch_streams(registry.open_streams)
     handoff = Handoff(build_deriver(settings, metrics), metrics)
     budget = WireBudget(max_repeated_elements=settings.max_headers_per_message)
     sink = TapSink(

@@ -23,17 +23,9 @@ import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tap_emulator import __version__
-from tap_emulator.config import (
-    FIELDS,
-    LOG_FORMATS,
-    LOG_LEVELS,
-    ConfigError,
-    Settings,
-    load_settings,
-)
+from tap_emulator.config import FIELDS, ConfigError, Settings, add_setting_flags, load_settings
 from tap_emulator.observe.logs import configure_logging
 from tap_emulator.tools import captures_cli, relay, replay
 from tap_emulator.web import browse_command
@@ -41,32 +33,6 @@ from tap_emulator.write.publisher import OutputDirError
 
 EXIT_USAGE = 2
 EXIT_CLOSED_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE
-
-
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = Settings()
-    group = parser.add_argument_group("settings (each overrides the same key of --config)")
-    for name, item in FIELDS.items():
-        default = getattr(defaults, name)
-        if isinstance(default, tuple):
-            shown = ",".join(default) or "''"
-        elif item.metadata.get("octal"):
-            shown = format(default, "04o")
-        else:
-            shown = str(getattr(default, "value", default))
-        extra: dict[str, Any] = {}
-        if name == "log_level":
-            extra["choices"] = LOG_LEVELS
-        elif name == "log_format":
-            extra["choices"] = LOG_FORMATS
-        group.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=argparse.SUPPRESS,
-            metavar=name.split("_")[-1].upper(),
-            help=f"{item.metadata['help']} (default: {shown})",
-            **extra,
-        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve StreamTaps and write the files")
     serve.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
-    _add_setting_flags(serve)
+    add_setting_flags(serve, Settings, "settings (each overrides the same key of --config)")
 
     inspect = commands.add_parser("inspect", help="print trace files as readable JSON")
     inspect.add_argument("files", nargs="+", type=Path, metavar="PATH", help="files or directories")

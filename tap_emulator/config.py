@@ -4,17 +4,30 @@ Every setting is a field of `Settings` with its default, unit and help text besi
 command line offers each one as `--name-with-dashes`, `docs/settings.md` is generated from
 the same table, and a config file may use only these names (a typo is an error that says
 what was meant). Values are validated once, at start, with the setting's name in the error.
+
+The machinery (`setting`, `add_setting_flags`, `build_table`, the checks) serves any such
+table: `tap-emulator relay` builds its flags from its own. A field's metadata holds its
+`help` and may say how it is shown and parsed: `octal`, `size` (default shown in KiB, MiB or
+GiB), `choices`, `metavar`, `flags` (its option strings), `group` (its heading in --help),
+`switch` (a bool given as valueless flags: {option: (value, help)}), `repeatable`, `shown`
+(the default as text) and `parse` (a converter `(name, value) -> value` replacing the one
+chosen by the field's type).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import enum
+import functools
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -36,135 +49,136 @@ class ConfigError(Exception):
     """A setting is missing, unknown or invalid; raised before anything starts."""
 
 
-def _setting(default: Any, help: str, **extra: Any) -> Any:
+def setting(default: Any, help: str, **extra: Any) -> Any:
+    """A field of a settings table: its default, its help text and how it is shown."""
     return field(default=default, metadata={"help": help, **extra})
+
+
+def required_setting(help: str, **extra: Any) -> Any:
+    """A field of a settings table with no default: its flag must be given."""
+    return field(metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `tap-emulator serve` can be told; defaults are the embedded ones."""
 
-    listen: str = _setting(
+    listen: str = setting(
         "0.0.0.0:9000",
         "HOST:PORT of the gRPC port: Envoy's TapSinkService and ExternalProcessor (port 0: any)",
     )
-    metrics_listen: str = _setting(
+    metrics_listen: str = setting(
         "0.0.0.0:9090",
         "HOST:PORT of the HTTP endpoint for /metrics, /healthz and /readyz ('' disables it)",
     )
-    ui_listen: str = _setting(
+    ui_listen: str = setting(
         "127.0.0.1:8080",
         "HOST:PORT of the read-only web page that shows captures as they land; loopback by "
         "default, since it shows captured bodies ('' disables it)",
     )
-    ui_max_transactions: int = _setting(
+    ui_max_transactions: int = setting(
         10_000, "most recent transactions the web page's index holds (and the page shows)"
     )
     # The seed's contract: files land in /tmp unless told otherwise.
-    output_dir: Path = _setting(Path("/tmp"), "directory the .pb files are published in")  # noqa: S108
-    writers: int = _setting(
+    output_dir: Path = setting(Path("/tmp"), "directory the .pb files are published in")  # noqa: S108
+    writers: int = setting(
         1, "writer tasks publishing batches in parallel (2-4 pay off only with fsync on a disk)"
     )
-    writer_batch_max_items: int = _setting(
+    writer_batch_max_items: int = setting(
         256, "most files a writer publishes in one batch (one hand-over to its thread)"
     )
-    queue_max_items: int = _setting(10_000, "writer queue bound in files (queued or being written)")
-    queue_max_bytes: int = _setting(
+    queue_max_items: int = setting(10_000, "writer queue bound in files (queued or being written)")
+    queue_max_bytes: int = setting(
         64 * MiB, "writer queue bound in bytes; a full queue stops reading the streams"
     )
-    writer_mode: WriterMode = _setting(
+    writer_mode: WriterMode = setting(
         WriterMode.AUTO,
-        "auto: on a memory-backed output_dir (tmpfs), publish on the event loop while files "
-        "take microseconds, else in writer threads; thread: always in writer threads",
+        "auto: on a memory-backed output_dir (tmpfs) publish on the event loop, on any other "
+        "file system in writer threads; thread: always in writer threads",
     )
-    fsync: bool = _setting(False, "fsync each file, and the directory after each batch")
-    file_mode: int = _setting(0o640, "permission bits of published files (octal)", octal=True)
-    name_format: NameFormat = _setting(
+    fsync: bool = setting(False, "fsync each file, and the directory after each batch")
+    file_mode: int = setting(0o640, "permission bits of published files (octal)", octal=True)
+    name_format: NameFormat = setting(
         NameFormat.PLAIN,
         "plain: <prefix>-<traceId>-<seq>.pb; req_res: <prefix>-<traceId>-<req|res>-<seq>.pb",
     )
-    trace_id_headers: tuple[str, ...] = _setting(
+    trace_id_headers: tuple[str, ...] = setting(
         DEFAULT_TRACE_ID_HEADERS,
         "headers tried in order for a trace id; Envoy's numeric id (hex) when none is valid",
     )
-    redact_headers: tuple[str, ...] = _setting(
+    redact_headers: tuple[str, ...] = setting(
         DEFAULT_REDACT_HEADERS, "headers whose values are replaced by REDACTED ('' for none)"
     )
-    default_direction: Direction = _setting(
+    default_direction: Direction = setting(
         Direction.INBOUND, "direction of streams whose tap_id ends in neither inbound nor outbound"
     )
-    max_message_bytes: int = _setting(16 * MiB, "largest StreamTapsRequest accepted")
-    max_headers_per_message: int = _setting(
+    max_message_bytes: int = setting(16 * MiB, "largest StreamTapsRequest accepted")
+    max_headers_per_message: int = setting(
         10_000,
         "most headers, trailers and other repeated entries a message may hold (checked on the "
         "wire before decoding, for messages over 64 KiB)",
     )
-    max_concurrent_streams: int = _setting(1000, "StreamTaps calls served at once, in all")
-    max_streams_per_peer: int = _setting(
+    max_concurrent_streams: int = setting(1000, "StreamTaps calls served at once, in all")
+    max_streams_per_peer: int = setting(
         100, "StreamTaps calls one peer address may hold at once (its share of the slots)"
     )
-    max_streams_per_connection: int = _setting(
+    max_streams_per_connection: int = setting(
         1000, "streams one HTTP/2 connection may open (advertised in SETTINGS)"
     )
-    stream_idle_timeout_seconds: float = _setting(
+    stream_idle_timeout_seconds: float = setting(
         600.0, "end a stream that carried no trace this long with UNAVAILABLE (0: never)"
     )
-    extproc_max_concurrent_streams: int = _setting(
+    extproc_max_concurrent_streams: int = setting(
         20_000,
         "ext_proc Process streams served at once, in all (one per HTTP transaction in flight)",
     )
-    extproc_max_streams_per_peer: int = _setting(
+    extproc_max_streams_per_peer: int = setting(
         5_000, "ext_proc streams one peer address (one proxy) may hold at once"
     )
-    extproc_max_body_bytes: int = _setting(
+    extproc_max_body_bytes: int = setting(
         8 * MiB,
         "most body bytes kept per direction of an ext_proc transaction, whatever the filter "
         "asks (x-tap-max-buffered-rx/tx-bytes); the rest is cut and marked truncated",
     )
-    extproc_assembly_max_bytes: int = _setting(
+    extproc_assembly_max_bytes: int = setting(
         256 * MiB,
         "body bytes held for every ext_proc transaction still being assembled; beyond it new "
         "transactions are dropped whole and counted",
     )
-    on_write_error: WriteErrorPolicy = _setting(
+    on_write_error: WriteErrorPolicy = setting(
         WriteErrorPolicy.BLOCK,
         "block: retry until the disk recovers, holding senders back; drop: count and drop",
     )
-    tls_cert_file: Path | None = _setting(
+    tls_cert_file: Path | None = setting(
         None, "PEM certificate chain: serve TLS on the tap port (plaintext when unset)"
     )
-    tls_key_file: Path | None = _setting(None, "PEM private key of tls_cert_file")
-    tls_client_ca_file: Path | None = _setting(
+    tls_key_file: Path | None = setting(None, "PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = setting(
         None, "PEM CA bundle: require client certificates signed by it (mutual TLS)"
     )
-    correlation_max_entries: int = _setting(
+    correlation_max_entries: int = setting(
         100_000, "most streamed traces and name stems remembered at once"
     )
-    correlation_idle_seconds: float = _setting(
+    correlation_idle_seconds: float = setting(
         300.0, "a streamed trace or name stem unused this long is forgotten"
     )
-    drain_timeout_seconds: float = _setting(
+    drain_timeout_seconds: float = setting(
         20.0, "on SIGTERM/SIGINT, time allowed to publish every accepted message"
     )
-    retention_max_bytes: int = _setting(
+    retention_max_bytes: int = setting(
         0, "delete the oldest files once ours in output_dir exceed this many bytes (0: no cap)"
     )
-    retention_max_files: int = _setting(
+    retention_max_files: int = setting(
         0, "delete the oldest files once ours in output_dir exceed this many (0: no cap)"
     )
-    log_summary_seconds: float = _setting(
+    log_summary_seconds: float = setting(
         60.0, "log one line of traffic totals this often while there is traffic (0: never)"
     )
-    log_level: str = _setting("info", "debug, info, warning or error")
-    log_format: str = _setting("text", "text or json (one object per line)")
+    log_level: str = setting("info", "debug, info, warning or error", choices=LOG_LEVELS)
+    log_format: str = setting("text", "text or json (one object per line)", choices=LOG_FORMATS)
 
     def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):
-            check = _CHECKS.get(item.name)
-            if check is not None:
-                problem = check(getattr(self, item.name))
-                if problem:
-                    raise ConfigError(f"{item.name}: {problem}")
+        check_settings(self, _CHECKS)
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("tls_cert_file: tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
@@ -180,8 +194,20 @@ class Settings:
 
 # --- validation -------------------------------------------------------------------------
 
+Check = Callable[[Any], "str | None"]
 
-def _in_range(low: float, high: float) -> Callable[[Any], str | None]:
+
+def check_settings(settings: Any, checks: Mapping[str, Check]) -> None:
+    """Run each field's check, in field order; the first problem raises, naming the field."""
+    for item in dataclasses.fields(settings):
+        check = checks.get(item.name)
+        if check is not None:
+            problem = check(getattr(settings, item.name))
+            if problem:
+                raise ConfigError(f"{item.name}: {problem}")
+
+
+def in_range(low: float, high: float) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if not low <= value <= high:
             return f"must be between {low:g} and {high:g}, got {value!r}"
@@ -190,7 +216,7 @@ def _in_range(low: float, high: float) -> Callable[[Any], str | None]:
     return check
 
 
-def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+def one_of(*allowed: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in allowed else f"must be one of {', '.join(allowed)}, got {value!r}"
 
@@ -215,41 +241,42 @@ def _header_names(value: tuple[str, ...]) -> str | None:
     return f"not lowercase HTTP header names: {bad}" if bad else None
 
 
-_CHECKS: dict[str, Callable[[Any], str | None]] = {
+_CHECKS: dict[str, Check] = {
     "listen": _address,
     "metrics_listen": _address,
     "ui_listen": _address,
-    "ui_max_transactions": _in_range(100, 1_000_000),
-    "writers": _in_range(1, 64),
-    "writer_batch_max_items": _in_range(1, 4096),
-    "queue_max_items": _in_range(1, 10_000_000),
-    "queue_max_bytes": _in_range(64 * KiB, 64 * GiB),
-    "file_mode": _in_range(0, 0o777),
+    "ui_max_transactions": in_range(100, 1_000_000),
+    "writers": in_range(1, 64),
+    "writer_batch_max_items": in_range(1, 4096),
+    "queue_max_items": in_range(1, 10_000_000),
+    "queue_max_bytes": in_range(64 * KiB, 64 * GiB),
+    "file_mode": in_range(0, 0o777),
     "trace_id_headers": _header_names,
     "redact_headers": _header_names,
-    "max_message_bytes": _in_range(1 * KiB, 2 * GiB - 1),
-    "max_headers_per_message": _in_range(1, 10_000_000),
-    "max_concurrent_streams": _in_range(1, 1_000_000),
-    "max_streams_per_peer": _in_range(1, 1_000_000),
-    "max_streams_per_connection": _in_range(1, 1_000_000),
-    "extproc_max_concurrent_streams": _in_range(1, 1_000_000),
-    "extproc_max_streams_per_peer": _in_range(1, 1_000_000),
-    "extproc_max_body_bytes": _in_range(0, 1 * GiB),
-    "extproc_assembly_max_bytes": _in_range(1 * MiB, 64 * GiB),
-    "log_summary_seconds": _in_range(0, 24 * 3600),
-    "stream_idle_timeout_seconds": _in_range(0, 30 * 24 * 3600),
-    "correlation_max_entries": _in_range(1, 100_000_000),
-    "correlation_idle_seconds": _in_range(0.001, 7 * 24 * 3600),
-    "drain_timeout_seconds": _in_range(0, 3600),
-    "retention_max_bytes": _in_range(0, 2**62),
-    "retention_max_files": _in_range(0, 2**62),
-    "log_level": _one_of(*LOG_LEVELS),
-    "log_format": _one_of(*LOG_FORMATS),
+    "max_message_bytes": in_range(1 * KiB, 2 * GiB - 1),
+    "max_headers_per_message": in_range(1, 10_000_000),
+    "max_concurrent_streams": in_range(1, 1_000_000),
+    "max_streams_per_peer": in_range(1, 1_000_000),
+    "max_streams_per_connection": in_range(1, 1_000_000),
+    "extproc_max_concurrent_streams": in_range(1, 1_000_000),
+    "extproc_max_streams_per_peer": in_range(1, 1_000_000),
+    "extproc_max_body_bytes": in_range(0, 1 * GiB),
+    "extproc_assembly_max_bytes": in_range(1 * MiB, 64 * GiB),
+    "log_summary_seconds": in_range(0, 24 * 3600),
+    "stream_idle_timeout_seconds": in_range(0, 30 * 24 * 3600),
+    "correlation_max_entries": in_range(1, 100_000_000),
+    "correlation_idle_seconds": in_range(0.001, 7 * 24 * 3600),
+    "drain_timeout_seconds": in_range(0, 3600),
+    "retention_max_bytes": in_range(0, 2**62),
+    "retention_max_files": in_range(0, 2**62),
+    "log_level": one_of(*LOG_LEVELS),
+    "log_format": one_of(*LOG_FORMATS),
 }
 
 
 # --- loading ----------------------------------------------------------------------------
 
+Table = TypeVar("Table")
 FIELDS = {item.name: item for item in dataclasses.fields(Settings)}
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(|k|ki|kib|m|mi|mib|g|gi|gib)\s*$", re.IGNORECASE)
@@ -257,13 +284,13 @@ _SIZE_UNITS = {"": 1, "k": KiB, "ki": KiB, "kib": KiB, "m": MiB, "mi": MiB, "mib
 _SIZE_UNITS |= {"g": GiB, "gi": GiB, "gib": GiB}
 
 
-def _to_int(name: str, value: Any) -> int:
+def _to_int(name: str, value: Any, octal: bool = False) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{name}: expected a whole number, got {value!r}")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        if FIELDS[name].metadata.get("octal"):
+        if octal:
             try:
                 return int(value, 8)
             except ValueError:
@@ -307,45 +334,166 @@ def _to_list(name: str, value: Any) -> tuple[str, ...]:
     return tuple(item.lower() for item in items if item)
 
 
-def _coerce(name: str, value: Any) -> Any:
-    kind = FIELDS[name].type
-    if kind == "int":
-        return _to_int(name, value)
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{name}: expected a number of seconds, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{name}: expected a number of seconds, got {value!r}") from None
-    if kind == "bool":
+@functools.cache
+def _field_types(table: Any) -> dict[str, Any]:
+    return typing.get_type_hints(table)
+
+
+def field_types(table: type) -> dict[str, Any]:
+    """The resolved type of every field of a settings table (annotations are strings here)."""
+    return _field_types(table)
+
+
+def _to_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{name}: expected a number of seconds, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {value!r}") from None
+
+
+def _to_path(name: str, value: Any, *, optional: bool) -> Path | None:
+    if optional and (value is None or value == ""):
+        return None
+    if not isinstance(value, str | Path) or not str(value):
+        raise ConfigError(f"{name}: expected a path, got {value!r}")
+    return Path(value)
+
+
+def _to_enum(name: str, value: Any, members: type[enum.Enum]) -> enum.Enum:
+    try:
+        return members(str(value).lower())
+    except ValueError:
+        allowed = ", ".join(str(member.value) for member in members)
+        raise ConfigError(f"{name}: must be one of {allowed}, got {value!r}") from None
+
+
+def coerce_setting(item: dataclasses.Field[Any], value: Any, kind: Any = None) -> Any:
+    """`value` (from YAML or a flag) as `kind`, the resolved type of the settings field
+    `item` (a field may also carry its own `parse` in its metadata)."""
+    name = item.name
+    parse = item.metadata.get("parse")
+    if parse is not None:
+        return parse(name, value)
+    optional = typing.get_origin(kind) in (types.UnionType, typing.Union) and type(None) in (
+        typing.get_args(kind)
+    )
+    if optional:
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if kind is bool:
         return _to_bool(name, value)
-    if kind in ("Path", "Path | None"):
-        if kind == "Path | None" and (value is None or value == ""):
-            return None
-        if not isinstance(value, str | Path) or not str(value):
-            raise ConfigError(f"{name}: expected a path, got {value!r}")
-        return Path(value)
-    if kind == "tuple[str, ...]":
+    if kind is int:
+        return _to_int(name, value, octal=bool(item.metadata.get("octal")))
+    if kind is float:
+        return _to_float(name, value)
+    if kind is Path:
+        return _to_path(name, value, optional=optional)
+    if typing.get_origin(kind) is tuple:
         return _to_list(name, value)
-    for enum in (NameFormat, Direction, WriteErrorPolicy, WriterMode):
-        if kind == enum.__name__:
-            try:
-                return enum(str(value).lower())
-            except ValueError:
-                allowed = ", ".join(member.value for member in enum)
-                raise ConfigError(f"{name}: must be one of {allowed}, got {value!r}") from None
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: expected text, got {value!r}")
-    return value.lower() if name in ("log_level", "log_format") else value
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return _to_enum(name, value, kind)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected text, got {value!r}")
+        return value.lower() if "choices" in item.metadata else value
+    raise TypeError(f"setting {name} has a type no reader knows: {kind!r}")
 
 
-def _unknown(keys: list[str]) -> ConfigError:
+def _unknown(keys: list[str], known: Mapping[str, Any]) -> ConfigError:
     hints = []
     for key in keys:
-        close = difflib.get_close_matches(key.replace("-", "_"), FIELDS, n=1)
+        close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
         hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
     return ConfigError(f"unknown settings: {', '.join(hints)}")
+
+
+def build_table(table: type[Table], *layers: Mapping[str, Any]) -> Table:
+    """An instance of the settings table `table`: its defaults overridden by each layer in
+    turn, every value coerced to its field's type; validated by the table itself."""
+    known = {item.name: item for item in dataclasses.fields(table)}  # type: ignore[arg-type]
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        unknown = sorted(str(key) for key in layer if key not in known)
+        if unknown:
+            raise _unknown(unknown, known)
+        kinds = field_types(table)
+        merged.update(
+            {key: coerce_setting(known[key], value, kinds[key]) for key, value in layer.items()}
+        )
+    return table(**merged)
+
+
+# --- flags ------------------------------------------------------------------------------
+
+
+def format_size(size_bytes: int) -> str:
+    """A byte count as people write it: `64 MiB`, `1.5 KiB` (to a tenth), or the number."""
+    for unit, factor in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size_bytes >= factor:
+            if size_bytes % factor == 0:
+                return f"{size_bytes // factor} {unit}"
+            return f"{size_bytes / factor:.1f} {unit}"
+    return str(size_bytes)
+
+
+def _shown_default(item: dataclasses.Field[Any]) -> str:
+    default: Any = item.default
+    meta = item.metadata
+    if "shown" in meta:
+        return str(meta["shown"])
+    if isinstance(default, tuple):
+        return ",".join(default) or "''"
+    if meta.get("octal"):
+        return format(default, "04o")
+    if meta.get("size"):
+        return format_size(default)
+    return str(getattr(default, "value", default))
+
+
+def _add_flag(group: argparse._ArgumentGroup, item: dataclasses.Field[Any]) -> None:
+    meta = item.metadata
+    if "switch" in meta:
+        exclusive = group.add_mutually_exclusive_group()
+        for option, (value, text) in meta["switch"].items():
+            mark = " (the default)" if value == item.default else ""
+            exclusive.add_argument(
+                option,
+                dest=item.name,
+                action="store_const",
+                const=value,
+                default=argparse.SUPPRESS,
+                help=text + mark,
+            )
+        return
+    required = item.default is dataclasses.MISSING
+    extra: dict[str, Any] = {}
+    if "choices" in meta:
+        extra["choices"] = meta["choices"]
+    if meta.get("repeatable"):
+        extra["action"] = "append"
+    if required:
+        extra["required"] = True
+    group.add_argument(
+        *meta.get("flags", (f"--{item.name.replace('_', '-')}",)),
+        dest=item.name,
+        default=argparse.SUPPRESS,
+        metavar=meta.get("metavar", item.name.split("_")[-1].upper()),
+        help=meta["help"] if required else f"{meta['help']} (default: {_shown_default(item)})",
+        **extra,
+    )
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, table: type, title: str) -> None:
+    """One flag per field of the settings table `table`, under `title` (or the field's own
+    `group`), its help ending with the default. Flags not given stay out of the parsed
+    namespace, so `build_table(table, given)` applies the table's defaults."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for item in dataclasses.fields(table):
+        heading = item.metadata.get("group", title)
+        if heading not in groups:
+            groups[heading] = parser.add_argument_group(heading)
+        _add_flag(groups[heading], item)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -369,13 +517,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def build_settings(*layers: Mapping[str, Any]) -> Settings:
     """Settings from defaults overridden by each layer in turn (file, then flags)."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        unknown = sorted(str(key) for key in layer if key not in FIELDS)
-        if unknown:
-            raise _unknown(unknown)
-        merged.update({key: _coerce(key, value) for key, value in layer.items()})
-    return Settings(**merged)
+    return build_table(Settings, *layers)
 
 
 def load_settings(config_file: Path | None, overrides: Mapping[str, Any]) -> Settings:

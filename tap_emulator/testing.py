@@ -12,7 +12,6 @@ subprocess, and put a slow or failing disk under it without root or a tmpfs.
 from __future__ import annotations
 
 import asyncio
-import errno
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -140,10 +139,6 @@ class FaultyPublisher(DelegatingPublisher):
         if error is not None:
             raise error
         return self.inner.delete(name)
-
-
-def disk_full() -> OSError:
-    return OSError(errno.ENOSPC, "No space left on device")
 
 
 class InProcessEmulator:

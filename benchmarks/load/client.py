@@ -188,7 +188,9 @@ class Generator:
         stop_wait = asyncio.create_task(self.stop.wait())
         await asyncio.wait({writer, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if not writer.done():
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            # A write the server's end of the call makes fail ends the writer with the call's
+            # error: the status is read below and reported, the stream is not OK.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, grpc.aio.AioRpcError):
                 await asyncio.wait_for(asyncio.shield(writer), WRITE_FINISH_S)
         stop_wait.cancel()
         if writer.done() and not writer.cancelled() and writer.exception() is None:
@@ -206,6 +208,9 @@ class Generator:
         result.code = code.name if code is not None else "NONE"
         if result.code != "OK":
             result.details = (await call.details() or "")[:200]
+            failed_write = writer.exception() if writer.done() and not writer.cancelled() else None
+            if failed_write is not None:
+                result.details = f"{result.details} (write: {failed_write!r})"[:300]
 
 
 def write_latency(path: Path, results: list[StreamResult]) -> None:

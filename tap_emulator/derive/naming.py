@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -94,6 +94,7 @@ class Component:
 # --- direction and identity -------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)  # a proxy's few tap ids, asked once per stream
 def direction_from_tap_id(tap_id: str) -> Direction | None:
     """The direction named by the last token of a tap id (`f5-tap-x-inbound`), if any."""
     last = _TAP_ID_TOKENS.split(tap_id)[-1].lower()
@@ -140,17 +141,6 @@ def header_text(header: HeaderLike) -> str:
     if header.value or not header.raw_value:
         return header.value
     return header.raw_value.decode("utf-8", errors="replace")
-
-
-def find_header(headers: Iterable[HeaderLike], names: Sequence[str]) -> dict[str, str]:
-    """The first value of each wanted header (names lowercase), in one pass."""
-    wanted = set(names)
-    found: dict[str, str] = {}
-    for header in headers:
-        key = header.key.lower()
-        if key in wanted and key not in found:
-            found[key] = header_text(header)
-    return found
 
 
 def authority_from(found: dict[str, str]) -> str | None:
@@ -249,7 +239,7 @@ def prefix_component(raw: str) -> Component:
 
 
 def ascii_lower(text: str) -> str:
-    """Lowercase A-Z only: `str.lower()` would fold the Kelvin sign into `k` (decisions 4)."""
+    """Lowercase A-Z only: `str.lower()` would fold the Kelvin sign into `k` (design.md, Names)."""
     return text.translate(_ASCII_LOWER)
 
 

@@ -10,16 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tap_emulator._proto.envoy.config.core.v3.base_pb2 import HeaderValue
-from tap_emulator._proto.envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 from tap_emulator.derive.naming import header_text
 
 REDACTED = "REDACTED"
 _REDACTED_BYTES = REDACTED.encode()
 DEFAULT_REDACT_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie")
-
-_SEGMENT_HEADER_PIECES = frozenset(
-    {"request_headers", "request_trailers", "response_headers", "response_trailers"}
-)
 
 
 def _redact(header: HeaderValue) -> int:
@@ -58,23 +53,3 @@ def find_and_redact(
         if key in names:
             replaced += _redact(header)
     return found, replaced
-
-
-def redact_trace(trace: TraceWrapper, names: frozenset[str]) -> int:
-    """Redact `trace` in place; returns how many values were replaced."""
-    if not names:
-        return 0
-    kind = trace.WhichOneof("trace")
-    if kind == "http_buffered_trace":
-        buffered = trace.http_buffered_trace
-        replaced = 0
-        for message in (buffered.request, buffered.response):
-            replaced += redact_headers(message.headers, names)
-            replaced += redact_headers(message.trailers, names)
-        return replaced
-    if kind == "http_streamed_trace_segment":
-        segment = trace.http_streamed_trace_segment
-        piece = segment.WhichOneof("message_piece")
-        if piece in _SEGMENT_HEADER_PIECES:
-            return redact_headers(getattr(segment, piece).headers, names)
-    return 0

@@ -36,7 +36,7 @@ from tap_emulator._proto.envoy.service.ext_proc.v3.external_processor_pb2 import
 from tap_emulator.bounded import BoundedLru
 from tap_emulator.derive.naming import Identity, direction_from_tap_id, namespace_from_node
 from tap_emulator.ingest.extproc_capture import Assembly, Pieces, Proxy, read_metadata
-from tap_emulator.ingest.handoff import Handoff
+from tap_emulator.ingest.handoff import Handoff, Sender
 from tap_emulator.ingest.streams import OpenStream, Refusal, StreamRegistry
 from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
 from tap_emulator.labels import (
@@ -86,6 +86,7 @@ class _Transaction:
     assembly: Assembly
     identity: Identity
     number: int
+    origin: Sender
     dropped: TransactionDrop | None = None
     handed: bool = False  # some of it is with the writers
     concluded: bool = False
@@ -139,7 +140,6 @@ class ExtProcessor:
         assert isinstance(opened, OpenStream)
         stream = opened
         metrics.streams_opened[Source.EXT_PROC].inc()
-        metrics.streams_open[Source.EXT_PROC].inc()
         transaction = self._start(stream, context)
         outcome = StreamOutcome.INTERNAL
         try:
@@ -166,7 +166,6 @@ class ExtProcessor:
             self._conclude(transaction, full)
             self._registry.close(stream)
             self._handoff.forget_stream(stream.number)
-            metrics.streams_open[Source.EXT_PROC].dec()
             metrics.streams_ended[Source.EXT_PROC, outcome].inc()
 
     # --- one stream ---------------------------------------------------------------------
@@ -183,7 +182,7 @@ class ExtProcessor:
         assembly = Assembly(point, tracer, random.getrandbits(63))
         direction = direction_from_tap_id(point.tap_id)
         identity = Identity(direction or self._default_direction, direction is not None, None)
-        return _Transaction(assembly, identity, stream.number)
+        return _Transaction(assembly, identity, stream.number, Sender(tap_id=point.tap_id))
 
     async def _read(
         self,
@@ -261,6 +260,11 @@ class ExtProcessor:
             direction, known = proxy.listener_direction, True
         namespace = namespace_from_node(proxy.node_id, proxy.cluster, proxy.namespace)
         transaction.identity = Identity(direction, known, namespace)
+        tap_id = transaction.origin.tap_id
+        if direction_from_tap_id(tap_id) is None:
+            # A tool reads the direction from the tap id's last token: give it one.
+            tap_id = f"{tap_id}-{direction.value}" if tap_id else f"ext-proc-{direction.value}"
+        transaction.origin = Sender(proxy.node_id, proxy.cluster, proxy.namespace, tap_id)
 
     # --- what is kept -------------------------------------------------------------------
 
@@ -277,7 +281,12 @@ class ExtProcessor:
         dropped: a transaction with a hole is counted, never held back."""
         for piece in pieces:
             group = self._handoff.plan(
-                piece, transaction.identity, transaction.number, Source.EXT_PROC, size
+                piece,
+                transaction.identity,
+                transaction.number,
+                Source.EXT_PROC,
+                size,
+                origin=transaction.origin,
             )
             if group and not self._queue.try_put(group):
                 self._drop(transaction, TransactionDrop.QUEUE_FULL)
@@ -298,6 +307,7 @@ class ExtProcessor:
                 transaction.number,
                 Source.EXT_PROC,
                 0,
+                origin=transaction.origin,
             )
             if self._queue.try_put(group):
                 transaction.handed = True

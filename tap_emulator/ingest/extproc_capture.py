@@ -227,8 +227,6 @@ class Assembly:
         self.proxy: Proxy | None = None
         self.complete = False  # the response's last message arrived
         self.parts = 0  # messages that carried a part of the transaction
-        self.request_seen = False
-        self.request_complete = False
         self.held_bytes = 0  # body bytes held for a buffered trace
         self.truncated: set[Half] = set()
         self._whole = StreamTapsRequest(trace_id=trace_id)
@@ -254,8 +252,6 @@ class Assembly:
         if part is None:
             return []
         self.parts += 1
-        if part.startswith("request"):
-            self.request_seen = True
         if part == "request_headers":
             return self._request_headers(request, arrived_wall_seconds)
         if part == "response_headers":
@@ -266,7 +262,6 @@ class Assembly:
 
     def _request_headers(self, request: ProcessingRequest, arrived: float) -> Pieces:
         headers = request.request_headers
-        self.request_complete = headers.end_of_stream
         self._request_arrived = arrived
         self._request_time = self._attribute_time()
         if self.point.streaming:
@@ -301,9 +296,7 @@ class Assembly:
     def _body(self, request: ProcessingRequest, part: str) -> Pieces:
         body = getattr(request, part)
         is_request = part == "request_body"
-        if is_request:
-            self.request_complete = body.end_of_stream
-        else:
+        if not is_request:
             self.complete = body.end_of_stream
         chunk = body.body
         if not chunk:
@@ -332,9 +325,7 @@ class Assembly:
 
     def _trailers(self, request: ProcessingRequest, part: str) -> Pieces:
         is_request = part == "request_trailers"
-        if is_request:
-            self.request_complete = True
-        else:
+        if not is_request:
             self.complete = True
         trailers = getattr(request, part).trailers
         if self.point.streaming:

@@ -6,6 +6,9 @@ to the queue, waiting for room (the TapSinkService: that stream is its sender's 
 and holding it back is right) or not at all (ext_proc: dropped whole, counted, when there is no
 room; the tapped proxy's own traffic must never wait for us).
 
+With a forwarder (forward_to), every accepted trace is also offered to it, with the sender's
+identity, as the same bytes the files hold; the forwarder never makes a source wait.
+
 `PendingFiles` counts one stream's files still to be published, so that the stream can answer
 OK only once every file it produced is on disk, and say so when some were dropped.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
@@ -22,6 +26,22 @@ from tap_emulator.derive.naming import Identity
 from tap_emulator.labels import FALLBACK_KINDS, Source
 from tap_emulator.observe.metrics import Metrics
 from tap_emulator.write.queue import Publication
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sent a trace, as a TapSinkService tool would have been told: the proxy's node and
+    the tap id of its capture point (whose last token is the direction)."""
+
+    node_id: str = ""
+    cluster: str = ""
+    namespace: str | None = None
+    tap_id: str = ""
+
+
+Forward = Callable[[Sender, int, list[bytes]], None]
+"""(sender, Envoy's trace id of the request, the payloads of the files a trace became): called
+for every accepted trace, after redaction, with exactly the bytes that are written."""
 
 
 @dataclass(slots=True, eq=False)
@@ -49,9 +69,10 @@ class PendingFiles:
 class Handoff:
     """Derive, count, and make publications; one instance serves every source."""
 
-    def __init__(self, deriver: Deriver, metrics: Metrics) -> None:
+    def __init__(self, deriver: Deriver, metrics: Metrics, forward: Forward | None = None) -> None:
         self._deriver = deriver
         self._metrics = metrics
+        self._forward = forward
 
     def plan(
         self,
@@ -62,9 +83,16 @@ class Handoff:
         size_bytes: int,
         pending: PendingFiles | None = None,
         arrived: float | None = None,
+        origin: Sender | None = None,
     ) -> list[Publication]:
+        """The files `request` becomes, counted (and handed to the forwarder, if any, with
+        `origin`, the proxy it came from)."""
         derivation = self._deriver.derive(request, sender, stream)
         self._count(derivation, sender, source, size_bytes)
+        if self._forward is not None and derivation.files:
+            self._forward(
+                origin or Sender(), request.trace_id, [f.payload for f in derivation.files]
+            )
         when = time.monotonic() if arrived is None else arrived
         settle = pending.settle if pending is not None else None
         if pending is not None:

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.derive.naming import UNKNOWN_NAMESPACE, Identity, identity
-from tap_emulator.ingest.handoff import Handoff, PendingFiles
+from tap_emulator.ingest.handoff import Handoff, PendingFiles, Sender
 from tap_emulator.ingest.streams import OpenStream, Refusal, StreamRegistry
 from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
 from tap_emulator.labels import Direction, RejectReason, Source, StreamOutcome
@@ -70,6 +70,17 @@ def identity_of(request: StreamTapsRequest, default: Direction) -> Identity:
     if namespace_value is not None and namespace_value.WhichOneof("kind") == "string_value":
         metadata_namespace = namespace_value.string_value
     return identity(identifier.tap_id, node.id, node.cluster, metadata_namespace, default)
+
+
+def sender_of(request: StreamTapsRequest) -> Sender:
+    """The sender as its identifier names it (for the forwarder)."""
+    identifier = request.identifier
+    node = identifier.node
+    namespace_value = node.metadata.fields.get("NAMESPACE")
+    namespace = None
+    if namespace_value is not None and namespace_value.WhichOneof("kind") == "string_value":
+        namespace = namespace_value.string_value
+    return Sender(node.id, node.cluster, namespace, identifier.tap_id)
 
 
 def _identity_too_long(request: StreamTapsRequest) -> str | None:
@@ -135,7 +146,6 @@ class TapSink:
         assert isinstance(opened, OpenStream)
         stream = opened
         metrics.streams_opened[Source.TAP].inc()
-        metrics.streams_open[Source.TAP].inc()
         outcome = StreamOutcome.INTERNAL
         log.debug("stream %d opened by %s", stream.number, peer)
         try:
@@ -174,7 +184,6 @@ class TapSink:
         finally:
             self._registry.close(stream)
             self._handoff.forget_stream(stream.number)
-            metrics.streams_open[Source.TAP].dec()
             metrics.streams_ended[Source.TAP, outcome].inc()
             log.debug("stream %d from %s ended: %s", stream.number, peer, outcome.value)
 
@@ -182,6 +191,7 @@ class TapSink:
         """Read the stream to its end; returns how many of its files were dropped."""
         pending = PendingFiles()
         sender = self._anonymous
+        origin: Sender | None = None
         identified = False
         index = 0
         async for raw in requests:
@@ -192,10 +202,12 @@ class TapSink:
             if not identified:
                 identified = request.HasField("identifier")
                 sender = self._identify(request, stream.number, index)
+                if identified:
+                    origin = sender_of(request)
             if request.HasField("trace"):
                 stream.active()  # a keepalive-sized message with no trace is not activity
             group = self._handoff.plan(
-                request, sender, stream.number, Source.TAP, len(raw), pending, arrived
+                request, sender, stream.number, Source.TAP, len(raw), pending, arrived, origin
             )
             del raw, request  # while this stream waits for room it holds only its files
             if group and not self._queue.try_put(group):

@@ -11,6 +11,7 @@ objects (queue, correlation tables) are read at scrape time through callbacks.
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -344,6 +345,11 @@ class Metrics:
     def watch_retention(self, size_bytes: Callable[[], float], files: Callable[[], float]) -> None:
         self.retained_bytes.set_function(size_bytes)
         self.retained_files.set_function(files)
+
+    def watch_streams(self, open_streams: Callable[[Source], int]) -> None:
+        """Export the streams open now, per source, read at scrape time."""
+        for source, gauge in self.streams_open.items():
+            gauge.set_function(functools.partial(open_streams, source))
 
     def watch_queue(
         self,

@@ -11,6 +11,10 @@ never ends: Envoy keeps it open and writes each trace as it happens. Facts about
   is attached, and with the "already exists" text while a stream is attached. That probe
   changes nothing, so it is how an attach is confirmed before any traffic flows.
 Closing the connection detaches the stream.
+
+An answer that no stock Envoy gives (a `/server_info` that is not JSON, too large, nested too
+deeply, without a node) raises `MalformedAnswerError`: retrying would not help. A stock
+Envoy 1.40's `/server_info` is about 125 KB, most of it the node's list of extensions.
 """
 
 from __future__ import annotations
@@ -18,21 +22,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from tap_emulator.captures.json_objects import json_weight
+from tap_emulator.config import MiB, format_size
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
-MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+# 30 times a stock Envoy's; bounds by weight (length plus a cost per JSON value) what
+# parsing it may take, as for traces.
+MAX_SERVER_INFO_BYTES = 4 * MiB
+SERVER_INFO_VALUE_COST_BYTES = 64
 PIECE_BYTES = 64 * 1024
 ALREADY_ATTACHED = "already exists"
 _NEEDS_BODY = "requires a JSON/YAML body"
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
 class AdminError(Exception):
     """The admin endpoint could not be used (unreachable, or an unexpected answer)."""
+
+
+class MalformedAnswerError(AdminError):
+    """Envoy's admin endpoint answered as no stock Envoy does; retrying will not help."""
 
 
 class TapRefusedError(AdminError):
@@ -139,7 +155,10 @@ async def _read_head(reader: asyncio.StreamReader) -> _Head:
 async def _pieces(reader: asyncio.StreamReader, head: _Head) -> AsyncIterator[bytes]:
     """The response body in pieces of at most PIECE_BYTES, de-chunked; ends at its end."""
     if not head.chunked:
-        remaining = int(head.headers.get("content-length", "-1"))
+        length = head.headers.get("content-length", "-1")
+        if not length.lstrip("-").isdigit() or int(length) < -1:
+            raise AdminError(f"Envoy admin sent a malformed content-length: {length[:40]!r}")
+        remaining = int(length)
         while remaining != 0:
             piece = await reader.read(PIECE_BYTES if remaining < 0 else min(remaining, PIECE_BYTES))
             if not piece:
@@ -152,11 +171,14 @@ async def _pieces(reader: asyncio.StreamReader, head: _Head) -> AsyncIterator[by
     while True:
         try:
             size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-        except (ValueError, asyncio.LimitOverrunError) as exc:
+        except asyncio.LimitOverrunError as exc:
             raise AdminError("Envoy admin sent a malformed chunk") from exc
         except asyncio.IncompleteReadError as exc:
             raise AdminError("Envoy admin closed the connection mid-stream") from exc
+        size_text = size_line.split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            raise AdminError(f"Envoy admin sent a malformed chunk size: {size_text[:40]!r}")
+        size = int(size_text, 16)
         if size == 0:
             with contextlib.suppress(asyncio.IncompleteReadError):
                 while await reader.readuntil(b"\r\n") != b"\r\n":
@@ -179,7 +201,7 @@ async def _read_all(reader: asyncio.StreamReader, head: _Head, limit: int) -> by
     async for piece in _pieces(reader, head):
         body += piece
         if len(body) > limit:
-            raise AdminError(f"Envoy admin answered more than {limit} bytes")
+            raise MalformedAnswerError(f"the answer is larger than {format_size(limit)}")
     return bytes(body)
 
 
@@ -206,24 +228,45 @@ async def _exchange(
             await writer.wait_closed()
 
 
-async def get_json(address: AdminAddress, path: str, timeout_seconds: float = 10.0) -> Any:
-    head, body = await _exchange(address, "GET", path, None, timeout_seconds, MAX_JSON_BODY_BYTES)
-    if head.status != 200:
-        text = body[:200].decode("utf-8", "replace").strip()
-        raise AdminError(f"Envoy admin answered {path} with HTTP {head.status}: {text}")
+def parse_server_info(body: bytes) -> dict[str, Any]:
+    """The node (id, cluster, metadata...) in a `/server_info` body; raises
+    MalformedAnswerError saying what is wrong with it."""
+    weight = json_weight(body, SERVER_INFO_VALUE_COST_BYTES)
+    if weight > MAX_SERVER_INFO_BYTES:
+        raise MalformedAnswerError(
+            f"it weighs {format_size(weight)} once parsed (its {len(body)} bytes plus "
+            f"{SERVER_INFO_VALUE_COST_BYTES} per JSON value), more than "
+            f"{format_size(MAX_SERVER_INFO_BYTES)}"
+        )
     try:
-        return json.loads(body)
+        info = json.loads(body)
+    except RecursionError:
+        raise MalformedAnswerError("it is JSON nested too deeply to read") from None
     except ValueError as exc:
-        raise AdminError(f"Envoy admin's {path} is not JSON: {exc}") from exc
+        raise MalformedAnswerError(f"it is not JSON: {exc}") from exc
+    if not isinstance(info, dict):
+        raise MalformedAnswerError(f"it is a JSON {type(info).__name__}, not an object")
+    node = info.get("node")
+    if not isinstance(node, dict):
+        shown = "missing" if node is None else f"a JSON {type(node).__name__}, not an object"
+        raise MalformedAnswerError(f"its node is {shown}")
+    return node
 
 
 async def server_node(address: AdminAddress, timeout_seconds: float = 10.0) -> dict[str, Any]:
-    """Envoy's node (id, cluster, metadata...) as `GET /server_info` reports it."""
-    info = await get_json(address, "/server_info", timeout_seconds)
-    node = info.get("node") if isinstance(info, dict) else None
-    if not isinstance(node, dict):
-        raise AdminError(f"Envoy admin's /server_info at {address} has no node")
-    return node
+    """Envoy's node as `GET /server_info` reports it; MalformedAnswerError names what is
+    wrong with an answer no stock Envoy gives."""
+    path = "/server_info"
+    try:
+        head, body = await _exchange(
+            address, "GET", path, None, timeout_seconds, MAX_SERVER_INFO_BYTES
+        )
+        if head.status != 200:
+            text = body[:200].decode("utf-8", "replace").strip()
+            raise AdminError(f"Envoy admin answered {path} with HTTP {head.status}: {text}")
+        return parse_server_info(body)
+    except MalformedAnswerError as exc:
+        raise MalformedAnswerError(f"Envoy admin's {path} at {address}: {exc}") from exc
 
 
 async def tap_attached(address: AdminAddress, timeout_seconds: float = 5.0) -> bool:

@@ -1,5 +1,5 @@
-"""The sending side of StreamTaps, shared by relay and replay: target addresses, the
-identifier a stream starts with, request encoding, and one call on a grpc.aio channel.
+"""The sending side of StreamTaps, shared by relay and replay: the identifier a stream
+starts with, request encoding, and one call on a grpc.aio channel.
 
 A request is encoded by concatenating its serialized fields (identifier, trace_id, trace) in
 field order, which is exactly what protobuf's own serializer produces; the trace bytes are
@@ -8,7 +8,6 @@ passed through untouched, so what a tool read is byte for byte what the emulator
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,6 @@ from tap_emulator._proto.envoy.config.core.v3.base_pb2 import Node
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 
 METHOD = "/envoy.service.tap.v3.TapSinkService/StreamTaps"
-DIRECTIONS = ("inbound", "outbound")
 
 # No retries of ours hidden in grpc; fast reconnects are the tools' own business.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -32,21 +30,6 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 
 _TRACE_ID_TAG = b"\x10"  # field 2, varint
 _TRACE_TAG = b"\x1a"  # field 3, length-delimited
-
-
-def parse_target(text: str) -> str:
-    """`HOST:PORT` or `[IPv6]:PORT`, checked; returned as a grpc target."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError as exc:
-            raise ValueError(f"bad IPv6 address in {text!r}") from exc
-    elif not host or ":" in host:
-        raise ValueError(f"expected HOST:PORT (IPv6 in brackets), got {text!r}")
-    return text
 
 
 def varint(value: int) -> bytes:
@@ -62,9 +45,13 @@ def varint(value: int) -> bytes:
 
 
 def node_from_json(node: dict[str, Any]) -> Node:
-    """Envoy's node as its admin endpoint shows it, in our Node (unknown fields ignored)."""
+    """Envoy's node as its admin endpoint shows it, in our Node (unknown fields ignored);
+    ValueError says which field could not be read."""
     parsed = Node()
-    json_format.ParseDict(node, parsed, ignore_unknown_fields=True)
+    try:
+        json_format.ParseDict(node, parsed, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise ValueError(str(exc)) from exc
     return parsed
 
 

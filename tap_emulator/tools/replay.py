@@ -19,6 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tap_emulator.labels import Direction
+from tap_emulator.netaddr import split_address
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -45,8 +48,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     who.add_argument("--namespace", help="node metadata NAMESPACE (names outbound taps)")
     who.add_argument(
         "--direction",
-        choices=("inbound", "outbound"),
-        default="inbound",
+        choices=tuple(direction.value for direction in Direction),
+        default=Direction.INBOUND.value,
         help="tap_id becomes tap-emulator-replay-<direction> (default: inbound)",
     )
     who.add_argument("--tap-id", help="the tap_id as given (overrides --direction)")
@@ -213,11 +216,12 @@ async def replay(args: argparse.Namespace, work: Plan, target: str, identifier: 
 
 def main(args: argparse.Namespace) -> int:
     from tap_emulator._proto.envoy.config.core.v3.base_pb2 import Node
-    from tap_emulator.tools._tap_client import identifier_field, parse_target
+    from tap_emulator.tools._tap_client import identifier_field
     from tap_emulator.tools._trace_files import TraceFileError
 
     try:
-        target = parse_target(args.to)
+        split_address(args.to)
+        target = args.to
         if args.streams < 1 or args.repeat < 1 or args.rate < 0:
             raise ValueError("--streams and --repeat must be at least 1, --rate not negative")
         work = plan(args.paths, tuple(args.glob), args.streams)

@@ -13,8 +13,8 @@ class WriteErrorPolicy(StrEnum):
 
 
 class WriterMode(StrEnum):
-    """Where files are published: `auto` on the event loop while that is fast on a
-    memory-backed directory, in writer threads otherwise; `thread` always in writer threads."""
+    """Where files are published: `auto` on the event loop when the directory is memory-backed
+    (tmpfs), in writer threads otherwise; `thread` always in writer threads."""
 
     AUTO = "auto"
     THREAD = "thread"

@@ -143,11 +143,6 @@ class WriteQueue:
     # --- state --------------------------------------------------------------------------
 
     @property
-    def queued(self) -> int:
-        """Files queued and not yet taken by a writer."""
-        return len(self._pending)
-
-    @property
     def unpublished(self) -> int:
         """Files accepted and not yet out: queued, being written, or waiting for room."""
         return self.items + self._waiting_items

@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from cloudcoil.models.istio.networking.v1beta1 import DestinationRule
 from deploy_support import (
     EMULATOR_CHART,
     EMULATOR_NAMESPACE,
@@ -26,6 +27,8 @@ from deploy_support import (
 from tap_emulator.config import FIELDS, build_settings
 
 KUBERNETES_VERSION = "1.30"
+ISTIO_KINDS = {"DestinationRule"}
+EXCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/excludeInboundPorts"
 
 # The settings `tap-emulator serve` reads (the emulator's settings contract).
 # Every `serve` setting appears in the chart's settings file, with its default, so a user
@@ -68,20 +71,33 @@ def test_chart_passes_helm_lint(helm: Helm) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_default_render_is_a_deployment_service_configmap_and_service_account(
+def test_default_render_is_a_deployment_service_configmap_service_account_and_tap_port_rule(
     emulator: Rendered,
 ) -> None:
     kinds = sorted(o["kind"] for o in emulator.objects)
-    assert kinds == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Deployment", "DestinationRule", "Service", "ServiceAccount"]
 
 
 def test_every_object_is_in_the_release_namespace(emulator: Rendered) -> None:
     assert {o["metadata"]["namespace"] for o in emulator.objects} == {EMULATOR_NAMESPACE}
 
 
+def validate(obj: Obj) -> None:
+    """Kubernetes' schema for its own kinds; Istio's CRD model (and Kubernetes' metadata rules)
+    for Istio's."""
+    if obj["kind"] not in ISTIO_KINDS:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        return
+    model = DestinationRule.model_validate(obj)
+    # A field the model does not know would be dropped here: the round trip catches it.
+    assert model.model_dump(mode="json", by_alias=True, exclude_none=True) == obj
+    carrier = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}
+    kubernetes_validate.validate(carrier, KUBERNETES_VERSION, strict=True)
+
+
 def test_every_object_validates_against_the_kubernetes_schema(emulator: Rendered) -> None:
     for obj in emulator.objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate(obj)
 
 
 def test_service_is_named_tap_emulator_so_the_filter_default_fqdn_reaches_it(
@@ -309,7 +325,87 @@ def test_tls_secret_is_mounted_and_named_in_the_settings(helm: Helm) -> None:
     (volume,) = [v for v in pod_spec(rendered)["volumes"] if v["name"] == "tls"]
     assert volume["secret"]["secretName"] == "tap-emulator-tls"
     for obj in rendered.objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        validate(obj)
+
+
+# --- the emulator's own sidecar ---------------------------------------------------------------
+
+
+def pod_annotations(rendered: Rendered) -> dict[str, str]:
+    annotations: dict[str, str] = rendered.one("Deployment")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    return annotations
+
+
+def tap_port_tls(rendered: Rendered) -> Obj:
+    rule = rendered.one("DestinationRule")
+    (setting,) = rule["spec"]["trafficPolicy"]["portLevelSettings"]
+    assert setting["port"] == {"number": 9000}
+    tls: Obj = setting["tls"]
+    return tls
+
+
+def test_the_tap_port_is_left_out_of_the_emulators_own_sidecar(emulator: Rendered) -> None:
+    assert pod_annotations(emulator)[EXCLUDE_INBOUND_PORTS] == "9000"
+
+
+def test_the_excluded_port_follows_the_listen_address(helm: Helm) -> None:
+    rendered = render(helm, {"config": {"listen": "0.0.0.0:9443"}})
+    assert pod_annotations(rendered)[EXCLUDE_INBOUND_PORTS] == "9443"
+
+
+def test_ports_the_user_excludes_are_kept_beside_the_tap_port(helm: Helm) -> None:
+    rendered = render(helm, {"podAnnotations": {EXCLUDE_INBOUND_PORTS: "8081,8082", "a": "b"}})
+    assert pod_annotations(rendered)[EXCLUDE_INBOUND_PORTS] == "9000,8081,8082"
+    assert pod_annotations(rendered)["a"] == "b"
+
+
+def test_proxies_are_told_to_send_plaintext_to_the_tap_port_of_the_emulator_service(
+    emulator: Rendered,
+) -> None:
+    rule = emulator.one("DestinationRule")
+    assert rule["apiVersion"] == "networking.istio.io/v1beta1"
+    # Short host names are read in the rule's namespace: the Service the filters send to.
+    assert rule["spec"]["host"] == emulator.one("Service")["metadata"]["name"]
+    assert rule["metadata"]["namespace"] == EMULATOR_NAMESPACE
+    assert rule["spec"]["exportTo"] == ["*"]
+    # Only the tap port: the metrics port keeps Istio's mutual TLS.
+    assert set(rule["spec"]["trafficPolicy"]) == {"portLevelSettings"}
+    assert tap_port_tls(emulator) == {"mode": "DISABLE"}
+
+
+def test_outside_istio_there_is_no_destination_rule_and_no_sidecar_annotation(
+    helm: Helm,
+) -> None:
+    rendered = render(helm, {"mesh": {"bypassSidecarOnTapPort": False}})
+    assert rendered.of_kind("DestinationRule") == []
+    assert EXCLUDE_INBOUND_PORTS not in pod_annotations(rendered)
+
+
+def test_an_emulator_serving_tls_gets_the_proxies_tls_the_user_gives(helm: Helm) -> None:
+    tls = {"mode": "SIMPLE", "sni": "tap-emulator.analysis-emulator.svc.cluster.local"}
+    rendered = render(helm, {"tls": {"secretName": "s"}, "mesh": {"tapPortTls": tls}})
+    assert tap_port_tls(rendered) == tls
+    validate(rendered.one("DestinationRule"))
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"tls": {"secretName": "s"}}, "the proxies would send plaintext"),
+        ({"mesh": {"tapPortTls": {"mode": "SIMPLE"}}}, "needs the emulator to serve TLS"),
+        (
+            {"tls": {"secretName": "s"}, "mesh": {"tapPortTls": {"mode": "ISTIO_MUTUAL"}}},
+            "no longer serves the tap port",
+        ),
+    ],
+)
+def test_tls_the_tap_port_would_not_answer_is_refused_with_the_reason(
+    helm: Helm, values: dict[str, Any], reason: str
+) -> None:
+    error = helm.template_error(EMULATOR_CHART, EMULATOR_RELEASE, EMULATOR_NAMESPACE, values)
+    assert "mesh.tapPortTls" in error and reason in error
 
 
 @pytest.mark.parametrize("extra", [0, -5])
@@ -365,6 +461,10 @@ def schema_error(helm: Helm, values: dict[str, Any]) -> str:
         ({"image": {"pullpolicy": "Always"}}, "image: Additional property pullpolicy"),
         ({"service": {"grpcport": 9000}}, "service: Additional property grpcport"),
         ({"output": {"sizeLimitMib": 10}}, "output: Additional property sizeLimitMib"),
+        (
+            {"mesh": {"bypassSidecar": False}},
+            "mesh: Additional property bypassSidecar is not allowed",
+        ),
     ],
 )
 def test_a_misspelled_key_is_refused_by_name(helm: Helm, values: dict[str, Any], key: str) -> None:
@@ -387,6 +487,10 @@ def test_a_misspelled_key_is_refused_by_name(helm: Helm, values: dict[str, Any],
         ({"config": {"listen": "0.0.0.0"}}, "config.listen: Does not match pattern"),
         ({"replicaCount": "one"}, "replicaCount: Invalid type. Expected: integer"),
         ({"service": {"grpcPort": 70000}}, "service.grpcPort: Must be less than or equal to 65535"),
+        (
+            {"mesh": {"tapPortTls": {"mode": "PLAIN"}}},
+            "mesh.tapPortTls.mode: mesh.tapPortTls.mode must be one of",
+        ),
     ],
 )
 def test_a_wrong_type_or_range_is_refused_by_name(

@@ -27,6 +27,8 @@ from deploy_support import (
 )
 
 RELEASE = "pi2-bookinfo"
+# The :authority of the side streams: the analysis service's host and port.
+EMULATOR_AUTHORITY = "tap-emulator.analysis-emulator.svc.cluster.local:9000"
 KUBERNETES_VERSION = "1.30"
 DEFAULT_PROXY_VERSION = yaml.safe_load((FILTER_CHART / "values.yaml").read_text())["extProc"][
     "proxyVersion"
@@ -101,6 +103,16 @@ def static_config(envoy_filter: Obj) -> Obj:
 
 def capture_points(rendered: Rendered) -> list[Obj]:
     return list(by_context(rendered).values())
+
+
+def find_envoy_grpc(node: Any) -> list[Obj]:
+    """Every `envoy_grpc` (a gRPC service's target) anywhere in `node`."""
+    if isinstance(node, dict):
+        found = [node["envoy_grpc"]] if isinstance(node.get("envoy_grpc"), dict) else []
+        return found + [g for value in node.values() for g in find_envoy_grpc(value)]
+    if isinstance(node, list):
+        return [g for value in node for g in find_envoy_grpc(value)]
+    return []
 
 
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
@@ -184,7 +196,23 @@ def test_ext_proc_observes_and_never_fails_a_request(rendered: Rendered) -> None
 def test_ext_proc_streams_to_the_emulator_istio_cluster(rendered: Rendered) -> None:
     for envoy_filter in capture_points(rendered):
         grpc_service = ext_proc(envoy_filter)["grpc_service"]
-        assert grpc_service["envoy_grpc"] == {"cluster_name": EMULATOR_CLUSTER}
+        assert grpc_service["envoy_grpc"] == {
+            "cluster_name": EMULATOR_CLUSTER,
+            "authority": EMULATOR_AUTHORITY,
+        }
+
+
+def test_the_side_streams_authority_is_a_host_and_port_not_the_cluster_name(
+    helm: Helm,
+) -> None:
+    """Without an authority Envoy sends the cluster name, whose "|" an HTTP/2 peer (the
+    analysis service's own sidecar) refuses, resetting the whole connection."""
+    values = {"serviceFqdn": "nat.tools.svc.cluster.local", "servicePort": 7443}
+    for values_sink in ({}, GRPC):
+        for envoy_filter in capture_points(render(helm, values={**values, **values_sink})):
+            (envoy_grpc,) = find_envoy_grpc(envoy_filter)
+            assert envoy_grpc["authority"] == "nat.tools.svc.cluster.local:7443"
+            assert "|" not in envoy_grpc["authority"]
 
 
 def test_ext_proc_metadata_names_the_capture_point_and_the_trace_settings(

@@ -1,5 +1,5 @@
 """A real Envoy 1.40 taps HTTP/1.1, HTTP/2 (h2c) and gRPC traffic; `tap-emulator relay`
-forwards its admin /tap stream to a real emulator; the files are named as the seed expects
+forwards its admin /tap stream to a real emulator; the files are named as the user guide expects
 and hold what the clients sent and received.
 
 Per module: one Envoy (tap filter with admin_config before the router, --concurrency 1) and
@@ -182,12 +182,12 @@ def test_buffered_traces_through_envoy_land_one_file_per_transaction(
     wait_until(lambda: set(pb_files(output)) >= expected)
 
     assert relay.stop() == 0, relay.log
-    assert re.search(r"relay stopped read=5 forwarded=5 confirmed=5 .* dropped=0 ", relay.log)
+    assert re.search(r"relay stopped read=5 forwarded=5 confirmed=5.* dropped=0 ", relay.log)
     files = pb_files(output)
     assert set(files) == expected
     for case in cases:
         check_buffered(case, TraceWrapper.FromString(files[f"{case.stem(direction)}-1.pb"])
-                       .http_buffered_trace)  # fmt: skip
+                      .http_buffered_trace)  # fmt: skip
 
 
 # --- streamed -----------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_streamed_traces_through_envoy_land_one_file_per_segment_in_order(
     ), sorted(pb_files(output))
 
     assert relay.stop() == 0, relay.log
-    assert re.search(r"relay stopped .* unconfirmed=0 unsent=0 dropped=0 ", relay.log)
+    assert re.search(r"relay stopped.* unconfirmed=0 unsent=0 dropped=0 ", relay.log)
     files = pb_files(output)
     stems = {name.rsplit("-", 1)[0] for name in files}
     assert stems == {case.stem(direction) for case in cases}
@@ -322,7 +322,7 @@ def test_relay_attaches_again_when_envoy_restarts(
 
     assert first.process.stop() == 0
     second = processes.envoy(envoy_binary, backend_ports, admin_port=admin_port, name="second")
-    relay.wait_for_line(r"relay attached .* attach=2$", timeout=30)
+    relay.wait_for_line(r"relay attached.* attach=2$", timeout=30)
     after = b3("restart/after")
     h1_request(second.listener_port, "GET", "/get", H1_AUTHORITY, [("x-b3-traceid", after)])
     assert wait_until(lambda: f"{H1_AUTHORITY}-{after}-1.pb" in pb_files(output))

@@ -1,6 +1,6 @@
 """Writes the seed corpora of the fuzz targets (run once; the corpora are committed).
 
-    python tests/fuzz/make_corpus.py [--vectors /work/shared/vectors]
+    python tests/fuzz/make_corpus.py [--vectors tests/fixtures/vectors]
 
 corpus/derive/: one StreamTaps call per file, as varint32-length-delimited
 StreamTapsRequests (what `decode_and_name.split_stream` cuts): every real Envoy vector

@@ -12,6 +12,12 @@ serves until SIGTERM or SIGINT:
   with trailing metadata `x-demo-trailer: unary-done`; `/demo.Echo/ServerStream` answers
   three messages `part-<n>:<request>` with `x-demo-trailer: stream-done`.
 
+Under `/rec/` (HTTP/1.1 and h2c) and in the gRPC service `demo.Recorded`, each backend also
+reports what the upstream received, as one JSON line `{"seen": {...}}` on stdout per request
+(its headers in order, its body's length and SHA-256, whether it ended), so that a test can
+compare a capture with what Envoy forwarded, including the trace id Envoy's tracer gave it;
+see `Seen`. The routes are listed at `RECORDED_PREFIX`.
+
 The client functions return exactly what the client saw, so tests can compare it with what
 the tap recorded. Used by the Envoy end-to-end tests and by `scripts/demo.py`.
 """
@@ -19,6 +25,7 @@ the tap recorded. Used by the Envoy end-to-end tests and by `scripts/demo.py`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import socket
@@ -26,7 +33,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -64,6 +71,9 @@ class _H1Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        if self.path.startswith(RECORDED_PREFIX):
+            _recorded_h1_get(self)
+            return
         if self.path == "/chunked":
             self.send_response(200)
             self.send_header("content-type", "text/plain")
@@ -79,6 +89,9 @@ class _H1Handler(BaseHTTPRequestHandler):
         self._answer(json.dumps(document, sort_keys=True).encode(), "application/json")
 
     def do_POST(self) -> None:
+        if self.path.startswith(RECORDED_PREFIX):
+            _recorded_h1_post(self)
+            return
         length = int(self.headers.get("content-length", "0"))
         body = self.rfile.read(length)
         self._answer(b"echo:" + body, "text/plain")
@@ -96,6 +109,7 @@ class _H2Connection:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self.conn = h2.connection.H2Connection(config=config)
         self.requests: dict[int, tuple[dict[str, str], bytearray]] = {}
+        self.header_lists: dict[int, Headers] = {}
 
     async def serve(self) -> None:
         self.conn.initiate_connection()
@@ -113,6 +127,9 @@ class _H2Connection:
         if isinstance(event, h2.events.RequestReceived):
             headers = {str(k): str(v) for k, v in event.headers or []}
             self.requests[event.stream_id or 0] = (headers, bytearray())
+            self.header_lists[event.stream_id or 0] = [
+                (str(k), str(v)) for k, v in event.headers or []
+            ]
         elif isinstance(event, h2.events.DataReceived):
             stream_id = event.stream_id or 0
             self.requests[stream_id][1].extend(event.data or b"")
@@ -122,6 +139,10 @@ class _H2Connection:
 
     def _respond(self, stream_id: int) -> None:
         headers, body = self.requests.pop(stream_id)
+        header_list = self.header_lists.pop(stream_id)
+        if headers.get(":path", "").startswith(RECORDED_PREFIX):
+            self._respond_recorded(stream_id, header_list, bytes(body))
+            return
         answer = b"h2 echo " + headers.get(":path", "").encode() + b" " + bytes(body)
         self.conn.send_headers(
             stream_id,
@@ -132,6 +153,17 @@ class _H2Connection:
             ],
         )
         self.conn.send_data(stream_id, answer)
+        self.conn.send_headers(stream_id, [("x-h2-trailer", "done")], end_stream=True)
+
+    def _respond_recorded(self, stream_id: int, headers: Headers, body: bytes) -> None:
+        seen = Seen.of("h2", headers, body, complete=True)
+        seen.report()
+        summary = {"backend": "h2", "path": seen.path, "body_bytes": len(body)}
+        self.conn.send_headers(
+            stream_id,
+            [(":status", "200"), ("content-type", "application/json"), ("x-backend", "h2")],
+        )
+        self.conn.send_data(stream_id, json.dumps(summary, sort_keys=True).encode())
         self.conn.send_headers(stream_id, [("x-h2-trailer", "done")], end_stream=True)
 
     async def _flush(self) -> None:
@@ -170,10 +202,216 @@ def _grpc_server() -> tuple[grpc.Server, int]:
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(_server_stream),
     }
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("demo.Echo", handlers)])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler("demo.Echo", handlers),
+            grpc.method_handlers_generic_handler(RECORDED_SERVICE, _recorded_grpc_handlers()),
+        ]
+    )
     port = server.add_insecure_port(f"{LOOPBACK}:0")
     server.start()
     return server, port
+
+
+# --- recording routes: what the upstream received --------------------------------------
+
+# HTTP/1.1 and h2c paths under this prefix are recorded. HTTP/1.1: `GET /rec/get` answers a
+# small JSON document; `GET /rec/bytes/<n>` answers n bytes of `pattern_bytes(n)`;
+# `POST /rec/echo` answers `echo:` and the request body (content-length or chunked);
+# `POST /rec/upload` answers the body's length and also reports `{"progress": {...}}` after
+# each read, so that a client can wait until the upstream has part of its upload.
+# h2c: any method answers a small JSON document, then trailers `x-h2-trailer: done`.
+RECORDED_PREFIX = "/rec/"
+# gRPC: Unary answers `echo:<request>` with `x-demo-trailer: unary-done`; StreamThenFail
+# answers STREAM_FAIL_PARTS messages `part-<n>:<request>`, then RESOURCE_EXHAUSTED with
+# `x-demo-trailer: stream-failed`; TrailersOnly fails at once with INVALID_ARGUMENT (a
+# trailers-only response) and `x-demo-trailer: trailers-only`.
+RECORDED_SERVICE = "demo.Recorded"
+RECORDED_UNARY = f"/{RECORDED_SERVICE}/Unary"
+RECORDED_STREAM_FAIL = f"/{RECORDED_SERVICE}/StreamThenFail"
+RECORDED_TRAILERS_ONLY = f"/{RECORDED_SERVICE}/TrailersOnly"
+STREAM_FAIL_PARTS = 5
+STREAM_FAIL_MESSAGE = "stream ended early"
+TRAILERS_ONLY_MESSAGE = "request refused"
+# A header (or gRPC metadata key) a client may send to find its request among the reports.
+CASE_HEADER = "x-e2e-case"
+# The HTTP/1.1 recorded routes answer with this `server` header and no `date`, so that what a
+# proxy adds or replaces on the way back is plain to see.
+RECORDED_H1_SERVER = "demo-h1-recorded"
+_READ_BYTES = 16384
+_reports = threading.Lock()
+
+
+def pattern_bytes(size: int) -> bytes:
+    """`size` bytes that are not all alike, the same on every call."""
+    block = bytes(range(256))
+    return (block * (size // 256 + 1))[:size]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as a recorded backend received it."""
+
+    protocol: str  # h1, h2 or grpc
+    headers: Headers  # in arrival order; gRPC: invocation metadata (no pseudo-headers)
+    body_bytes: int
+    body_sha256: str
+    complete: bool  # the whole body arrived
+
+    @classmethod
+    def of(cls, protocol: str, headers: Headers, body: bytes, *, complete: bool) -> Seen:
+        digest = hashlib.sha256(body).hexdigest()
+        return cls(protocol, headers, len(body), digest, complete)
+
+    @property
+    def path(self) -> str:
+        return self.header(":path") or ""
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def case(self) -> str | None:
+        return self.header(CASE_HEADER)
+
+    def report(self) -> None:
+        _report({"seen": {**asdict(self), "headers": [list(h) for h in self.headers]}})
+
+    @classmethod
+    def from_report(cls, line: str) -> Seen | None:
+        """The Seen a report line holds, or None for any other line."""
+        try:
+            fields = json.loads(line)["seen"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        fields["headers"] = [(str(k), str(v)) for k, v in fields["headers"]]
+        return cls(**fields)
+
+
+def progress_from_report(line: str) -> tuple[str, int] | None:
+    """(case, body bytes received so far) of a `/rec/upload` progress line, else None."""
+    try:
+        fields = json.loads(line)["progress"]
+        return str(fields["case"]), int(fields["body_bytes"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _report(document: dict[str, Any]) -> None:
+    with _reports:
+        sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+
+def _h1_headers(handler: BaseHTTPRequestHandler) -> Headers:
+    return [(":method", handler.command), (":path", handler.path), *handler.headers.items()]
+
+
+def _answer_recorded(handler: _H1Handler, body: bytes, content_type: str) -> None:
+    handler.send_response_only(200)
+    handler.send_header("server", RECORDED_H1_SERVER)
+    handler.send_header("content-type", content_type)
+    handler.send_header("content-length", str(len(body)))
+    handler.send_header("x-backend", "h1")
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _recorded_h1_get(handler: _H1Handler) -> None:
+    Seen.of("h1", _h1_headers(handler), b"", complete=True).report()
+    prefix = f"{RECORDED_PREFIX}bytes/"
+    if handler.path.startswith(prefix) and handler.path[len(prefix) :].isdigit():
+        size = int(handler.path[len(prefix) :])
+        _answer_recorded(handler, pattern_bytes(size), "application/octet-stream")
+        return
+    document = {"backend": "h1", "path": handler.path, "method": "GET"}
+    _answer_recorded(handler, json.dumps(document, sort_keys=True).encode(), "application/json")
+
+
+def _read_h1_body(handler: _H1Handler, on_read: Any) -> tuple[bytes, bool]:
+    """The request body (content-length or chunked) and whether all of it arrived."""
+    body = bytearray()
+    try:
+        if handler.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(handler.rfile.readline().split(b";")[0].strip() or b"x", 16)
+                if size == 0:
+                    while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(body), True
+                chunk = handler.rfile.read(size)
+                body += chunk
+                on_read(len(body))
+                if len(chunk) < size or handler.rfile.readline() not in (b"\r\n", b"\n"):
+                    return bytes(body), False
+        length = int(handler.headers.get("content-length", "0"))
+        while len(body) < length:
+            piece = handler.rfile.read1(min(_READ_BYTES, length - len(body)))
+            if not piece:
+                return bytes(body), False
+            body += piece
+            on_read(len(body))
+        return bytes(body), True
+    except (OSError, ValueError):
+        return bytes(body), False
+
+
+def _recorded_h1_post(handler: _H1Handler) -> None:
+    case = handler.headers.get(CASE_HEADER, "")
+    progress = handler.path.startswith(f"{RECORDED_PREFIX}upload")
+
+    def on_read(received: int) -> None:
+        if progress:
+            _report({"progress": {"case": case, "body_bytes": received}})
+
+    body, complete = _read_h1_body(handler, on_read)
+    Seen.of("h1", _h1_headers(handler), body, complete=complete).report()
+    if not complete:
+        handler.close_connection = True
+        return
+    if progress:
+        summary = json.dumps({"body_bytes": len(body)}).encode()
+        _answer_recorded(handler, summary, "application/json")
+        return
+    _answer_recorded(handler, b"echo:" + body, "text/plain")
+
+
+def _grpc_seen(context: grpc.ServicerContext, request: bytes) -> None:
+    metadata = [(str(k), str(v)) for k, v in context.invocation_metadata()]
+    Seen.of("grpc", metadata, grpc_frame(request), complete=True).report()
+
+
+def _recorded_unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+    _grpc_seen(context, request)
+    context.set_trailing_metadata((("x-demo-trailer", "unary-done"),))
+    return b"echo:" + request
+
+
+def _recorded_stream_then_fail(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    _grpc_seen(context, request)
+    for n in range(STREAM_FAIL_PARTS):
+        yield f"part-{n}:".encode() + request
+    context.set_trailing_metadata((("x-demo-trailer", "stream-failed"),))
+    context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    context.set_details(STREAM_FAIL_MESSAGE)
+
+
+def _recorded_trailers_only(request: bytes, context: grpc.ServicerContext) -> bytes:
+    _grpc_seen(context, request)
+    context.set_trailing_metadata((("x-demo-trailer", "trailers-only"),))
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, TRAILERS_ONLY_MESSAGE)
+    raise AssertionError("abort returns only by raising")
+
+
+def _recorded_grpc_handlers() -> dict[str, grpc.RpcMethodHandler[bytes, bytes]]:
+    return {
+        "Unary": grpc.unary_unary_rpc_method_handler(_recorded_unary),
+        "StreamThenFail": grpc.unary_stream_rpc_method_handler(_recorded_stream_then_fail),
+        "TrailersOnly": grpc.unary_unary_rpc_method_handler(_recorded_trailers_only),
+    }
 
 
 # --- the process ------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class EmulatorProcess:
                 self.metrics_url = f"http://{match['metrics']}"
                 self.ui_url = match["ui"]
                 started.set()
+        self.process.stderr.close()  # the process has exited: its pipe is done with
         started.set()
 
     @property

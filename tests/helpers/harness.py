@@ -77,6 +77,7 @@ class LoggedProcess:
             with self._changed:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
+        stream.close()  # the process has exited: its pipe is done with
         with self._changed:
             self._eof = True
             self._changed.notify_all()

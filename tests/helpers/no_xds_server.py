@@ -1,7 +1,7 @@
 """Runs `tap-emulator` in a process where xds-protos cannot be imported, as in the image.
 
 Any import of the top-level packages xds-protos provides fails, so a product import that
-silently resolved to xds-protos (decisions.md 1) would crash this process.
+silently resolved to xds-protos (design.md, Two copies of Envoy's API) would crash this process.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A helper script run in a subprocess and fed a JSON spec on stdin; its JSON answer comes
 back on stdout. The test side of the subprocess clients (xds_client.py, tap_client.py): they
-run where xds-protos may be imported, the tests never import it (decisions.md 1)."""
+run where xds-protos may be imported, the tests never import it (design.md, Two copies of
+Envoy's API)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """A soak sender: steady load in short StreamTaps calls, resending any call not answered OK.
 
-Runs as a subprocess and encodes with `xds-protos` (decisions.md 1). It sends calls of
-`batch` messages at `rate` messages per second until `seconds` have passed, then finishes
-the call it is in. A call that ends with any status but OK (the server restarting, say) is
-sent again, whole, on the same channel (which reconnects by itself) until it is answered OK,
-so every message it generated has been acknowledged once the client exits 0: at least once,
-with the duplicates a resend makes.
+Runs as a subprocess and encodes with `xds-protos` (design.md, Two copies of Envoy's API).
+It sends calls of `batch` messages at `rate` messages per second until `seconds` have
+passed, then finishes the call it is in. A call that ends with any status but OK (the server
+restarting, say) is sent again, whole, on the same channel (which reconnects by itself) until
+it is answered OK, so every message it generated has been acknowledged once the client exits
+0: at least once, with the duplicates a resend makes.
 
 Message n of call b of client c is a buffered trace with `:authority: soak<c>.ns:80` and
 `x-b3-traceid: <c as 8 hex><b as 8 hex><n as 16 hex>`, so its file name says which it is.

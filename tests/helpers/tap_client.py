@@ -1,13 +1,13 @@
 """A StreamTaps client for the hardening tests: TLS, paced and held streams, generated load.
 
 Like xds_client.py (whose encoder it reuses) it encodes with `xds-protos` and runs as a
-subprocess (decisions.md 1); the test process only imports `TapClientRun` from here, which
-imports neither xds-protos nor tap_emulator.
+subprocess (design.md, Two copies of Envoy's API); the test process only imports
+`TapClientRun` from here, which imports neither xds-protos nor tap_emulator.
 
 stdin: JSON {"target": "HOST:PORT", "timeout": seconds, "tls": TLS?, "streams": [STREAM]}.
 TLS is {"ca": PEM path, "cert": PEM path?, "key": PEM path?, "server_name": name?}; without
 it the channel is plaintext. A STREAM has
-- "messages": [ITEM, ...] as in xds_client.py (protobuf JSON, or {"raw_b64": ...}), or
+- "messages": [ITEM,...] as in xds_client.py (protobuf JSON, or {"raw_b64":...}), or
 - "generate": {"authority": A, "trace_prefix": 16 hex digits, "count": N?, "until_file": P?,
   "body_bytes": B?}: buffered traces with x-b3-traceid <trace_prefix><n as 16 hex>, n from 0,
   until N are sent or file P exists (at most 100,000);

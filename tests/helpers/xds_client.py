@@ -1,9 +1,10 @@
 """A StreamTaps client whose messages are encoded by `xds-protos`, Envoy's official
 generated code: an encoder independent of ours. Run as a subprocess (our generated code and
-xds-protos cannot share a process, decisions.md 1); it never imports tap_emulator.
+xds-protos cannot share a process: design.md, Two copies of Envoy's API); it never imports
+tap_emulator.
 
-stdin: JSON {"target": "HOST:PORT", "timeout": seconds, "streams": [STREAM, ...]} where
-STREAM is {"messages": [ITEM, ...]}; an ITEM is a StreamTapsRequest as protobuf JSON, or
+stdin: JSON {"target": "HOST:PORT", "timeout": seconds, "streams": [STREAM,...]} where
+STREAM is {"messages": [ITEM,...]}; an ITEM is a StreamTapsRequest as protobuf JSON, or
 {"raw_b64": base64 bytes} sent as they are (to test malformed input); a STREAM may add
 "pause_after": N and "pause_seconds": S (pause once after N messages).
 All streams run concurrently. stdout: JSON {"streams": [{"code", "details", "sent",

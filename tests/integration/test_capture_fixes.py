@@ -43,7 +43,8 @@ def first_line_then_close(*args: str | Path) -> subprocess.CompletedProcess[str]
     assert process.stdout is not None and process.stderr is not None
     process.stdout.readline()
     process.stdout.close()
-    stderr = process.stderr.read().decode()
+    with process.stderr:
+        stderr = process.stderr.read().decode()
     return subprocess.CompletedProcess(process.args, process.wait(60), "", stderr)
 
 

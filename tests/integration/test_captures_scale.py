@@ -118,7 +118,9 @@ def test_list_streams_200000_files_in_bounded_memory(fast_dir: Path) -> None:
     header, first_row = process.stdout.readline(), process.stdout.readline()
     sentinel_atime_at_first_row = sentinel.stat().st_atime_ns
     rows = 1 + sum(1 for _ in process.stdout)
-    stderr = process.stderr.read()
+    process.stdout.close()
+    with process.stderr:
+        stderr = process.stderr.read()
     assert process.wait(120) == 0, stderr
 
     assert header.startswith("TIME (UTC)") and (" GET " in first_row or " POST " in first_row)

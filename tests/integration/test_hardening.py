@@ -1,4 +1,4 @@
-"""Hardening through the real server (issue 7): hostile bytes on the wire, limits on both
+"""Hardening through the real server: hostile bytes on the wire, limits on both
 sides of each boundary, a disk that fills or turns read-only, retention, TLS and mTLS, file
 permissions.
 
@@ -662,7 +662,8 @@ def test_refused_messages_are_logged_at_the_default_level(start_emulator: Any) -
 
 @pytest.fixture
 def mount_tmpfs(tmp_path: Path) -> Iterator[Any]:
-    """Mounts small tmpfs file systems (decisions.md 12); unmounts them all afterwards."""
+    """Mounts small tmpfs file systems (design.md, Tests run as root); unmounts them all
+    afterwards."""
     mounted: list[Path] = []
 
     def mount(size: str) -> Path:
@@ -873,7 +874,7 @@ def test_retention_file_cap_through_the_server_deletes_the_oldest(start_emulator
         "--retention-max-files", str(cap),
         "--writers", "1",
         "--writer-batch-max-items", str(batch),
-    )  # fmt: skip
+   )  # fmt: skip
     sampler = DirectorySampler(emulator.output_dir)
     trace = t.buffered(t.request_headers())
     try:
@@ -903,7 +904,7 @@ def test_retention_byte_cap_through_the_server_keeps_each_traces_newest(
         "--retention-max-bytes", str(cap),
         "--writers", "1",
         "--writer-batch-max-items", str(batch),
-    )  # fmt: skip
+   )  # fmt: skip
     sampler = DirectorySampler(emulator.output_dir)
     streams = [
         generated(f"bytes{s}.ns:80", f"{s:016x}", 20, body_bytes=1900) for s in range(4)
@@ -1020,7 +1021,7 @@ def test_mutual_tls_refuses_missing_foreign_and_expired_client_certificates(
         "--tls-cert-file", pki["server_cert"],
         "--tls-key-file", pki["server_key"],
         "--tls-client-ca-file", pki["ca"],
-    )  # fmt: skip
+   )  # fmt: skip
     assert "tls=mutual" in emulator.log
 
     def client(name: str) -> dict[str, str]:

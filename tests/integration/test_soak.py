@@ -1,5 +1,5 @@
 """Soak: steady load from several client processes, a server restart in the middle, zero
-loss and flat memory (issue 7; reliability.md S10-S12).
+loss and flat memory.
 
 Bounded for `make test` (about 2.5 minutes); `TAP_SOAK_SECONDS=1800` runs it longer.
 
@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -231,7 +232,10 @@ def test_soak_with_a_restart_loses_nothing_and_memory_stays_flat(
             f"slope {slope:+.2f} MB/min, fds {min(fds)}..{max(fds)}"
         )
         assert slope < MAX_SLOPE_MB_PER_MIN, report
-        assert max(fds) - min(fds) <= 4, report
+        # A leak grows; a client reconnecting after the restart moves the count for a moment.
+        half = len(fds) // 2
+        assert statistics.median(fds[half:]) - statistics.median(fds[:half]) <= 2, report
+        assert max(fds) - min(fds) <= 8, report
     failures: dict[str, int] = defaultdict(int)
     for result in results:
         for code, count in result["failures"].items():

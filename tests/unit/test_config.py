@@ -297,7 +297,8 @@ def test_missing_file_is_rejected_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_is_rejected_naming_the_file(tmp_path: Path) -> None:
-    # Root reads through chmod 000 (decisions.md 12); a directory cannot be read as text.
+    # Root reads through chmod 000 (design.md, Tests run as root); a directory cannot be read
+    # as text.
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path, {})
 

@@ -455,7 +455,7 @@ def envoy_id_of(entry: dict[str, Any]) -> int:
 
 
 def expected_trace_id(summary: dict[str, Any], envoy_id: int) -> str:
-    """The trace id decisions.md 3 gives the headers the manifest recorded."""
+    """The trace id the naming rules give the headers the manifest recorded."""
     if HEX_IDS.fullmatch(summary.get("x-b3-traceid") or ""):
         return str(summary["x-b3-traceid"])
     first_b3_field = (summary.get("b3") or "").split("-", 1)[0]

@@ -1,4 +1,4 @@
-"""Naming: what a trace is called on disk (issue 2 "Naming", decisions.md 3-5, reliability S1).
+"""Naming: what a trace is called on disk (design.md, Names).
 
 Names are checked end to end through the Deriver (wire message + stream identity -> file
 name), and the pure rules of `tap_emulator.derive.naming` are checked where they decide alone.
@@ -141,7 +141,7 @@ def assert_safe(name: str) -> None:
     assert os.path.dirname(os.path.join(OUT, name)) == OUT, name  # noqa: PTH118, PTH120
 
 
-# --- the seed's examples ----------------------------------------------------------------
+# --- the user guide's examples ----------------------------------------------------------------
 
 
 def test_seed_inbound_example_name_is_exact() -> None:

@@ -14,7 +14,7 @@ from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
 from tap_emulator.derive.deriver import Deriver, NamingPolicy
 from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, Identity
-from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS, REDACTED, redact_trace
+from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS, REDACTED
 from tap_emulator.labels import Direction
 
 # --- helpers ----------------------------------------------------------------------------
@@ -61,16 +61,23 @@ def values(found: Iterable[HeaderValue], key: str) -> list[str]:
     return [header.value for header in found if header.key == key]
 
 
+def redact_trace(trace: TraceWrapper, names: frozenset[str]) -> int:
+    """Redact `trace` in place as the server does: through `Deriver.derive` (the one path the
+    server runs), reading back the bytes it would write. Returns the redactions it counted."""
+    deriver = Deriver(
+        NamingPolicy(trace_id_headers=DEFAULT_TRACE_ID_HEADERS, redact_headers=names),
+        SequenceCounter(100, 60.0),
+        SegmentNames(100, 60.0),
+    )
+    request = StreamTapsRequest(trace_id=7)
+    request.trace.CopyFrom(trace)
+    derivation = deriver.derive(request, Identity(Direction.INBOUND, True, None), 1)
+    [written] = derivation.files
+    trace.CopyFrom(TraceWrapper.FromString(written.payload))
+    return derivation.redactions
+
+
 # --- defaults ---------------------------------------------------------------------------
-
-
-def test_default_list_is_the_four_credential_headers() -> None:
-    assert set(DEFAULT_REDACT_HEADERS) == {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-    }
 
 
 @pytest.mark.parametrize("key", DEFAULT_REDACT_HEADERS)
@@ -80,10 +87,6 @@ def test_default_header_value_is_replaced_in_buffered_request_headers(key: str) 
     redact_trace(trace, DEFAULT)
 
     assert values(trace.http_buffered_trace.request.headers, key) == [REDACTED]
-
-
-def test_redacted_value_is_the_word_redacted() -> None:
-    assert REDACTED == "REDACTED"
 
 
 def test_set_cookie_is_replaced_in_buffered_response_headers() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from tap_emulator.write.queue import Publication, WriteQueue
 
 
@@ -19,6 +21,7 @@ def release_all(queue: WriteQueue) -> list[Publication]:
     return taken
 
 
+@pytest.mark.asyncio
 async def test_put_waits_while_the_queue_is_full_then_resumes() -> None:
     queue = WriteQueue(max_items=2, max_bytes=1 << 20)
     await queue.put(files(1))
@@ -40,6 +43,7 @@ def test_byte_bound_holds_both_ways() -> None:
     assert queue.try_put(files(4 * 1024))  # exactly at the bound still fits
 
 
+@pytest.mark.asyncio
 async def test_a_group_bigger_than_the_queue_is_admitted_alone_when_it_is_empty() -> None:
     queue = WriteQueue(max_items=100, max_bytes=64 * 1024)
     assert queue.try_put(files(1))
@@ -51,6 +55,7 @@ async def test_a_group_bigger_than_the_queue_is_admitted_alone_when_it_is_empty(
     assert queue.size_bytes == 200 * 1024
 
 
+@pytest.mark.asyncio
 async def test_waiters_are_admitted_in_arrival_order() -> None:
     queue = WriteQueue(max_items=1, max_bytes=1 << 20)
     await queue.put([Publication("s", 1, b"1")])
@@ -67,6 +72,7 @@ async def test_waiters_are_admitted_in_arrival_order() -> None:
     assert order == [1, 2, 3, 4]
 
 
+@pytest.mark.asyncio
 async def test_a_cancelled_waiter_still_gets_its_whole_group_queued() -> None:
     """The lost-half bug: a stream ended while waiting must leave no file of its message."""
     queue = WriteQueue(max_items=1, max_bytes=1 << 20)
@@ -107,6 +113,7 @@ def test_give_back_puts_files_at_the_head_in_order() -> None:
     assert [p.sequence for p in queue.take(3)] == [1, 2, 3]
 
 
+@pytest.mark.asyncio
 async def test_wait_until_empty_reports_a_timeout() -> None:
     queue = WriteQueue(max_items=10, max_bytes=1 << 20)
     assert await queue.wait_until_empty(0.01)

@@ -102,3 +102,37 @@ emptyDir over its sizeLimit gets the pod evicted: the emulator would never see "
 {{- end -}}
 {{- add (int64 .Values.config.drain_timeout_seconds) (int64 .Values.terminationGraceExtraSeconds) -}}
 {{- end -}}
+
+{{/*
+The TLS the proxies use towards a tap port outside the sidecar must match what the emulator
+serves there: plaintext unless tls.secretName, and never Istio's mutual TLS (no sidecar
+answers it on that port).
+*/}}
+{{- define "tap-emulator.checkTapPortTls" -}}
+{{- $mode := .Values.mesh.tapPortTls.mode | default "" -}}
+{{- if eq $mode "ISTIO_MUTUAL" -}}
+{{- fail "tap-emulator: mesh.tapPortTls.mode ISTIO_MUTUAL cannot work: with mesh.bypassSidecarOnTapPort the emulator's sidecar no longer serves the tap port; use DISABLE, or SIMPLE/MUTUAL with tls.secretName" -}}
+{{- end -}}
+{{- if and .Values.tls.secretName (eq $mode "DISABLE") -}}
+{{- fail "tap-emulator: tls.secretName makes the emulator serve TLS on its tap port, but mesh.tapPortTls.mode is DISABLE: the proxies would send plaintext and every capture would fail; set mesh.tapPortTls to SIMPLE (MUTUAL with tls.clientCA) with how the proxies verify the certificate" -}}
+{{- end -}}
+{{- if and (not .Values.tls.secretName) (ne $mode "DISABLE") -}}
+{{- fail (printf "tap-emulator: mesh.tapPortTls.mode %s needs the emulator to serve TLS (tls.secretName); without it the tap port is plaintext and the proxies' handshakes would fail" $mode) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod annotations: the user's, plus the tap port left out of the sidecar's interception. */}}
+{{- define "tap-emulator.podAnnotations" -}}
+{{- $annotations := deepCopy .Values.podAnnotations -}}
+{{- if .Values.mesh.bypassSidecarOnTapPort -}}
+{{- $key := "traffic.sidecar.istio.io/excludeInboundPorts" -}}
+{{- $ports := list (include "tap-emulator.grpcContainerPort" .) -}}
+{{- with get $annotations $key -}}
+{{- $ports = append $ports (toString .) -}}
+{{- end -}}
+{{- $_ := set $annotations $key (join "," $ports) -}}
+{{- end -}}
+{{- if $annotations -}}
+{{- toYaml $annotations -}}
+{{- end -}}
+{{- end -}}

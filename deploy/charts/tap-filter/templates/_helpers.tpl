@@ -23,6 +23,15 @@ The prefix is what `kubectl get envoyfilters --all-namespaces | grep f5-tap-` fi
 {{- printf "outbound|%d||%s" (int64 .Values.servicePort) .Values.serviceFqdn -}}
 {{- end -}}
 
+{{/*
+The :authority of the gRPC streams to the analysis service. Without it Envoy sends the cluster
+name, whose "|" an HTTP/2 peer must refuse: the analysis service's own sidecar resets the whole
+connection (http2.invalid.header.field), and every capture is lost behind failure_mode_allow.
+*/}}
+{{- define "tap-filter.authority" -}}
+{{- printf "%s:%d" .Values.serviceFqdn (int64 .Values.servicePort) -}}
+{{- end -}}
+
 {{/* The captures this instance makes: point (in the name), Istio context, direction. */}}
 {{- define "tap-filter.points" -}}
 {{- $points := list -}}
@@ -165,6 +174,7 @@ common_config:
             grpc_service:
               envoy_grpc:
                 cluster_name: {{ include "tap-filter.clusterName" .root | quote }}
+                authority: {{ include "tap-filter.authority" .root | quote }}
 {{- end }}
 {{- if $values.trace.recordHeadersReceivedTime }}
 record_headers_received_time: true
@@ -194,6 +204,7 @@ contract asks. Call with (dict "root" $ "point" <point dict>).
 grpc_service:
   envoy_grpc:
     cluster_name: {{ include "tap-filter.clusterName" .root | quote }}
+    authority: {{ include "tap-filter.authority" .root | quote }}
   initial_metadata:
     - key: x-tap-id
       value: {{ include "tap-filter.tapId" . | quote }}
