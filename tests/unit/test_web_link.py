@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tap_emulator.web.child import _follow
 from tap_emulator.web.link import PageProcess, _Channel, file_frame, status_frame
 from tap_emulator.web.live import LivePage
@@ -35,6 +37,7 @@ SAMPLES |= {"droppedTransactions": 0.0, "refusedStreams": 0.0, "openStreams": 1.
 SAMPLES |= {"queueItems": 0.0, "queueCapacityItems": 10.0}
 
 
+@pytest.mark.asyncio
 async def test_frames_reach_the_page_as_they_were_sent() -> None:
     page = LivePage(Path("/out"), 100)
     reader = asyncio.StreamReader()
@@ -59,6 +62,7 @@ async def test_frames_reach_the_page_as_they_were_sent() -> None:
     assert status["ready"] is True and status["totals"]["files"] == 3.0
 
 
+@pytest.mark.asyncio
 async def test_a_full_socket_makes_the_writers_skip_files_without_waiting() -> None:
     page = PageProcess(Path("/out"), 100, dict)
     channel = _Channel(lambda message: None)
@@ -81,6 +85,7 @@ async def test_a_full_socket_makes_the_writers_skip_files_without_waiting() -> N
     assert page.skipped == 1000 and len(transport.written) == 2
 
 
+@pytest.mark.asyncio
 async def test_files_offered_while_the_page_is_down_are_counted_as_skipped() -> None:
     page = PageProcess(Path("/out"), 100, dict)
     page.offer(Published("svc-" + "ef" * 16, 1, b"x"))
