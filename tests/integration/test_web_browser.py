@@ -250,3 +250,5 @@ def test_ten_thousand_rows_keep_only_what_is_in_view_in_the_document(
         if browse.poll() is None:
             browse.kill()
             browse.wait()
+        assert browse.stderr is not None
+        browse.stderr.close()

@@ -73,6 +73,7 @@ def test_other_methods_get_405_and_unknown_paths_the_hint(emulator: EmulatorProc
         urllib.request.urlopen(f"{emulator.metrics_url}/nothing?x=1", timeout=10)
     assert caught.value.code == 404
     assert caught.value.read() == b"not found: try /metrics, /healthz or /readyz\n"
+    caught.value.close()
 
 
 def test_query_strings_are_ignored(emulator: EmulatorProcess) -> None:
@@ -158,6 +159,7 @@ def test_unknown_files_and_rows_are_not_found(emulator: EmulatorProcess) -> None
     ):
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"{emulator.ui_url}{path}", timeout=10)
+        caught.value.close()
         assert caught.value.code == code, path
 
 

@@ -211,3 +211,5 @@ def test_browse_serves_a_directory_read_by_the_capture_reader(vectors: Path) -> 
         if browse.poll() is None:
             browse.kill()
             browse.wait()
+        assert browse.stderr is not None
+        browse.stderr.close()
