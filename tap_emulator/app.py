@@ -1,8 +1,8 @@
 """App: the composition root and the server's lifecycle (start, serve, drain, stop).
 
-Start order: open the output directory (in a thread: learn what it holds, sweep stale
-temporaries), start the writers and the directory's watch, start the gRPC listener and the HTTP
-endpoint, log one line with every bound address, then report ready.
+Start order: start the web page's process, open the output directory (in a thread: learn what
+it holds, sweep stale temporaries), start the writers and the directory's watch, start the gRPC
+listener and the HTTP endpoint, log one line with every bound address, then report ready.
 
 Stop order, on the first SIGTERM or SIGINT: report not ready (HTTP and gRPC health), stop
 accepting streams and end the open ones (a proxy's tap stream never ends by itself), publish
@@ -48,6 +48,8 @@ from tap_emulator.observe import memory
 from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.observe.metrics import Metrics, TableStats
 from tap_emulator.observe.summary import TrafficSummary
+from tap_emulator.web.link import PageProcess, PageStartError
+from tap_emulator.web.status import emulator_status
 from tap_emulator.write.directory import DirectoryPublisher
 from tap_emulator.write.numbering import Numbering
 from tap_emulator.write.pool import WriterOptions, WriterPool
@@ -144,9 +146,11 @@ class Emulator:
     readiness: Readiness
     grpc_health: GrpcHealth
     http: HttpEndpoint
+    page: PageProcess | None = None  # the web page's process, when ui_listen is set
     server: grpc.aio.Server | None = None
     tap_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None
+    ui_address: tuple[str, int] | None = None
 
     @property
     def unpublished(self) -> int:
@@ -249,6 +253,16 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         _labelled("writers cannot publish", pool.problem),
         registry.full,
     )
+    page = None
+    if settings.ui_listen:
+        page = PageProcess(
+            settings.output_dir,
+            settings.ui_max_transactions,
+            lambda: emulator_status(metrics, readiness.problem),
+            settings.log_level,
+            settings.log_format,
+        )
+        pool.on_published = page.offer
     return Emulator(
         settings=settings,
         metrics=metrics,
@@ -263,6 +277,7 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         readiness=readiness,
         grpc_health=GrpcHealth((TAP_SERVICE, EXTPROC_SERVICE)),
         http=HttpEndpoint(metrics, readiness),
+        page=page,
     )
 
 
@@ -328,6 +343,15 @@ async def start(emulator: Emulator) -> None:
     _check_port_free("listen", host, port)
     if settings.metrics_listen:
         _check_port_free("metrics_listen", *split_address(settings.metrics_listen))
+    if settings.ui_listen:
+        _check_port_free("ui_listen", *split_address(settings.ui_listen))
+    if emulator.page is not None:
+        # Before the gRPC server and the writers exist: starting a process forks, and gRPC's
+        # threads are best not running then.
+        try:
+            emulator.ui_address = await emulator.page.start(*split_address(settings.ui_listen))
+        except (PageStartError, TimeoutError, OSError) as exc:
+            raise StartupError(f"the web page (ui_listen) did not start: {exc}") from exc
     removed = await asyncio.to_thread(_open_output, emulator)
     await emulator.pool.start()
     emulator.watch.start()
@@ -358,11 +382,12 @@ async def start(emulator: Emulator) -> None:
     emulator.readiness.listening = True
     await emulator.grpc_health.serving(emulator.readiness.problem() is None)
     log.info(
-        "tap-emulator %s listening tap=%s metrics=%s output_dir=%s writers=%d "
+        "tap-emulator %s listening tap=%s metrics=%s ui=%s output_dir=%s writers=%d "
         "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s tls=%s publish=%s%s",
         __version__,
         _show(emulator.tap_address),
         _show(emulator.metrics_address) if emulator.metrics_address else "off",
+        _page_url(emulator.ui_address) if emulator.ui_address else "off",
         settings.output_dir,
         settings.writers,
         settings.writer_batch_max_items,
@@ -377,6 +402,10 @@ async def start(emulator: Emulator) -> None:
 
 def _grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _page_url(address: tuple[str, int]) -> str:
+    return f"http://{_grpc_address(*address)}/"
 
 
 def _show(address: tuple[str, int] | None) -> str:
@@ -404,6 +433,8 @@ async def stop(emulator: Emulator) -> int:
         # senders instead of being cut off by the transport's own shutdown.
         await emulator.server.stop(_STREAM_CLOSE_GRACE_SECONDS)
     await emulator.http.close()
+    if emulator.page is not None:
+        await emulator.page.close()
     totals = (
         f"accepted {emulator.sink.accepted} messages, published {emulator.pool.published} files"
         + (f", dropped {emulator.pool.dropped}" if emulator.pool.dropped else "")
