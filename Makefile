@@ -52,7 +52,7 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 proto: $(STAMP) ## regenerate tap_emulator/_proto from proto/envoy
 	$(BIN)/python scripts/generate_proto.py
 
-demo: $(STAMP) ## real Envoy + backends + relay + emulator on loopback; prints the captured files
+demo: $(STAMP) tools ## two real Envoys as sidecars with the filter chart's default (ext_proc), backends, the emulator; lists and shows the capture (ARGS="--buffered --keep DIR --relay")
 	$(BIN)/python scripts/demo.py $(ARGS)
 
 $(VENV)/.bench: $(STAMP) pyproject.toml

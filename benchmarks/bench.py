@@ -352,6 +352,8 @@ class Bench:
             f"127.0.0.1:{port}",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--ui-listen",
+            "127.0.0.1:0",
             "--output-dir",
             str(directory),
             *per_peer_flags(),

@@ -1,9 +1,10 @@
 """App: the composition root and the server's lifecycle (start, serve, drain, stop).
 
-Start order: open the output directory (in a thread: learn what it holds, sweep stale
-temporaries), start the writers and the directory's watch, start the forwarder (forward_to),
-start the gRPC listener and the HTTP endpoint, log one line with every bound address, then
-report ready. With `output_dir: ''` there are no writers: the emulator is a pure bridge.
+Start order: start the web page's process, open the output directory (in a thread: learn what
+it holds, sweep stale temporaries), start the writers and the directory's watch, start the
+forwarding process (forward_to), start the gRPC listener and the HTTP endpoint, log one line
+with every bound address, then report ready. With `output_dir: ''` there are no writers and no
+page: the emulator is a pure bridge.
 
 Stop order, on the first SIGTERM or SIGINT: report not ready (HTTP and gRPC health), stop
 accepting streams and end the open ones (a proxy's tap stream never ends by itself), publish
@@ -49,12 +50,16 @@ from tap_emulator.ingest.wire_budget import WireBudget
 from tap_emulator.labels import Source
 from tap_emulator.layout import parse_file_name
 from tap_emulator.netaddr import split_address
+from tap_emulator.observe import memory
 from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.observe.metrics import Metrics, TableStats
 from tap_emulator.observe.summary import TrafficSummary
+from tap_emulator.web.link import PageProcess, PageStartError
+from tap_emulator.web.status import emulator_status
+from tap_emulator.write.directory import DirectoryPublisher
 from tap_emulator.write.numbering import Numbering
 from tap_emulator.write.pool import WriterOptions, WriterPool
-from tap_emulator.write.publisher import DirectoryPublisher, Publisher
+from tap_emulator.write.publisher import Publisher
 from tap_emulator.write.queue import WriteQueue
 from tap_emulator.write.retention import RetentionLedger, RetentionPolicy
 from tap_emulator.write.watch import OutputWatch
@@ -87,9 +92,11 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
       There is deliberately no process-wide RPC cap in grpc itself: it would count health
       checks against the tap streams' slots.
     - Keepalive: the server pings a connection idle for 30 s and drops it if no answer comes
-      within 10 s (a dead or frozen peer does not hold streams for minutes); clients may ping
-      at most every 5 s without data (the filter chart has Envoy ping every 10 s, to drop a
-      frozen emulator), and two pings too many get GOAWAY (gRPC's ping strikes).
+      within 10 s (a dead or frozen peer does not hold streams for minutes; grpc core enforces
+      that deadline with its ping timeout, a minute by default, not keepalive_timeout_ms, so
+      both are set); clients may ping at most every 5 s without data (the filter chart has
+      Envoy ping every 10 s, to drop a frozen emulator), and two pings too many get GOAWAY
+      (gRPC's ping strikes).
     """
     return [
         ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
@@ -100,6 +107,7 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -182,10 +190,12 @@ class Emulator:
     readiness: Readiness
     grpc_health: GrpcHealth
     http: HttpEndpoint
-    forwarder: ForwardLink | None = None
+    page: PageProcess | None = None  # the web page's process, when ui_listen is set
+    forwarder: ForwardLink | None = None  # the forwarding process, when forward_to is set
     server: grpc.aio.Server | None = None
     tap_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None
+    ui_address: tuple[str, int] | None = None
 
     @property
     def unpublished(self) -> int:
@@ -285,6 +295,17 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         # emulator stays ready: its files do not need the tool.
         checks.append(forwarder.problem)
     readiness = Readiness(*checks)
+    page = None
+    # The page shows the files: a pure bridge writes none, so it has none.
+    if settings.ui_listen and pool is not None and settings.output_dir is not None:
+        page = PageProcess(
+            settings.output_dir,
+            settings.ui_max_transactions,
+            lambda: emulator_status(metrics, readiness.problem),
+            settings.log_level,
+            settings.log_format,
+        )
+        pool.on_published = page.offer
     return Emulator(
         settings=settings,
         metrics=metrics,
@@ -299,6 +320,7 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         readiness=readiness,
         grpc_health=GrpcHealth((TAP_SERVICE, EXTPROC_SERVICE)),
         http=HttpEndpoint(metrics, readiness),
+        page=page,
         forwarder=forwarder,
     )
 
@@ -394,6 +416,14 @@ async def start(emulator: Emulator) -> None:
     _check_port_free("listen", host, port)
     if settings.metrics_listen:
         _check_port_free("metrics_listen", *split_address(settings.metrics_listen))
+    if emulator.page is not None:
+        _check_port_free("ui_listen", *split_address(settings.ui_listen))
+        # Before the gRPC server and the writers exist: starting a process forks, and gRPC's
+        # threads are best not running then.
+        try:
+            emulator.ui_address = await emulator.page.start(*split_address(settings.ui_listen))
+        except (PageStartError, TimeoutError, OSError) as exc:
+            raise StartupError(f"the web page (ui_listen) did not start: {exc}") from exc
     removed = await asyncio.to_thread(_open_output, emulator)
     if emulator.pool is not None and emulator.watch is not None:
         await emulator.pool.start()
@@ -427,12 +457,13 @@ async def start(emulator: Emulator) -> None:
     emulator.readiness.listening = True
     await emulator.grpc_health.serving(emulator.readiness.problem() is None)
     log.info(
-        "tap-emulator %s listening tap=%s metrics=%s output_dir=%s writers=%d "
+        "tap-emulator %s listening tap=%s metrics=%s ui=%s output_dir=%s writers=%d "
         "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s tls=%s publish=%s "
         "forward_to=%s%s",
         __version__,
         _show(emulator.tap_address),
         _show(emulator.metrics_address) if emulator.metrics_address else "off",
+        _page_url(emulator.ui_address) if emulator.ui_address else "off",
         settings.output_dir or "off",
         settings.writers,
         settings.writer_batch_max_items,
@@ -448,6 +479,10 @@ async def start(emulator: Emulator) -> None:
 
 def _grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _page_url(address: tuple[str, int]) -> str:
+    return f"http://{_grpc_address(*address)}/"
 
 
 def _show(address: tuple[str, int] | None) -> str:
@@ -477,6 +512,8 @@ async def stop(emulator: Emulator) -> int:
         # senders instead of being cut off by the transport's own shutdown.
         await emulator.server.stop(_STREAM_CLOSE_GRACE_SECONDS)
     await emulator.http.close()
+    if emulator.page is not None:
+        await emulator.page.close()
     if emulator.forwarder is not None:
         await emulator.forwarder.close()
     totals = _totals(emulator, unforwarded)
@@ -599,6 +636,7 @@ async def serve(
         asyncio.create_task(_follow_readiness(emulator)),
         asyncio.create_task(emulator.registry.close_idle_streams()),
         asyncio.create_task(summary.run(settings.log_summary_seconds)),
+        asyncio.create_task(memory.MemoryReturner().run()),
     ]
     try:
         await stopping.wait()
@@ -614,6 +652,7 @@ async def serve(
 def run(settings: Settings, publisher: Publisher | None = None) -> int:
     """Run `serve` on the fastest available event loop, with signals in their own thread."""
     SignalWatch.block_signals()
+    memory.tune_allocator()
     signals = SignalWatch(
         settings.drain_timeout_seconds + _STREAM_CLOSE_GRACE_SECONDS * 2 + _EXIT_MARGIN_SECONDS
     )

@@ -4,11 +4,13 @@ place that exits the process.
     tap-emulator serve [--config FILE] [--<setting> VALUE ...]
     tap-emulator inspect PATH...
     tap-emulator list PATH... / show PATH... / export har|pcap PATH... -o FILE
+    tap-emulator browse DIR... [--listen HOST:PORT]
     tap-emulator relay --envoy-admin URL --to HOST:PORT ...
     tap-emulator replay PATH... --to HOST:PORT ...
 
-list, show, export, relay and replay register their own subcommands (`register`) and run
-them (`args.run(args)`). Every command ends quietly when the reader of its output goes away.
+list, show, export, browse, relay and replay register their own subcommands (`register`) and
+run them (`args.run(args)`). Every command ends quietly when the reader of its output goes away.
+The server (and its HTTP library) is imported only by `serve`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tap_emulator import __version__
-from tap_emulator.app import StartupError, run
 from tap_emulator.config import FIELDS, ConfigError, Settings, add_setting_flags, load_settings
 from tap_emulator.observe.logs import configure_logging
 from tap_emulator.tools import captures_cli, relay, replay
+from tap_emulator.web import browse_command
 from tap_emulator.write.publisher import OutputDirError
 
 EXIT_USAGE = 2
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compact", action="store_true", help="one JSON object per line instead of indented"
     )
     captures_cli.register(commands)
+    browse_command.register(commands)
     relay.register(commands)
     replay.register(commands)
     return parser
@@ -63,6 +66,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from tap_emulator.app import StartupError, run
+
     try:
         settings = settings_from(args)
     except ConfigError as exc:

@@ -72,6 +72,14 @@ class Settings:
         "0.0.0.0:9090",
         "HOST:PORT of the HTTP endpoint for /metrics, /healthz and /readyz ('' disables it)",
     )
+    ui_listen: str = setting(
+        "127.0.0.1:8080",
+        "HOST:PORT of the read-only web page that shows captures as they land; loopback by "
+        "default, since it shows captured bodies ('' disables it)",
+    )
+    ui_max_transactions: int = setting(
+        10_000, "most recent transactions the web page's index holds (and the page shows)"
+    )
     # The seed's contract: files land in /tmp unless told otherwise.
     output_dir: Path | None = setting(
         Path("/tmp"),  # noqa: S108
@@ -302,6 +310,8 @@ def _header_names(value: tuple[str, ...]) -> str | None:
 _CHECKS: dict[str, Check] = {
     "listen": _address,
     "metrics_listen": _address,
+    "ui_listen": _address,
+    "ui_max_transactions": in_range(100, 1_000_000),
     "writers": in_range(1, 64),
     "writer_batch_max_items": in_range(1, 4096),
     "queue_max_items": in_range(1, 10_000_000),

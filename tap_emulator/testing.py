@@ -142,11 +142,17 @@ class FaultyPublisher(DelegatingPublisher):
 
 
 class InProcessEmulator:
-    """The real server (app.build + app.start) on loopback ports chosen by the kernel."""
+    """The real server (app.build + app.start) on loopback ports chosen by the kernel. The web
+    page runs in a process of its own, so it is started only with `with_page`."""
 
-    def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
+    def __init__(
+        self, settings: Settings, publisher: Publisher | None = None, *, with_page: bool = False
+    ) -> None:
         metrics_listen = "127.0.0.1:0" if settings.metrics_listen else ""
-        self.settings = replace(settings, listen="127.0.0.1:0", metrics_listen=metrics_listen)
+        ui_listen = "127.0.0.1:0" if settings.ui_listen and with_page else ""
+        self.settings = replace(
+            settings, listen="127.0.0.1:0", metrics_listen=metrics_listen, ui_listen=ui_listen
+        )
         self.emulator = app.build(self.settings, publisher)
         self.exit_status: int | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -161,6 +167,12 @@ class InProcessEmulator:
     def metrics_url(self) -> str:
         assert self.emulator.metrics_address is not None, "metrics_listen is off"
         host, port = self.emulator.metrics_address
+        return f"http://{host}:{port}"
+
+    @property
+    def ui_url(self) -> str:
+        assert self.emulator.ui_address is not None, "ui_listen is off"
+        host, port = self.emulator.ui_address
         return f"http://{host}:{port}"
 
     async def __aenter__(self) -> InProcessEmulator:

@@ -8,8 +8,9 @@ What becomes a file:
 - a buffered HTTP trace: one file (two in the req_res format: request half, response half);
 - a streamed HTTP segment: one file, named after its transaction's request headers;
 - a socket trace: one file named `socket-trace-<envoyTraceIdHex>-<seq>.pb`;
-- a trace with nothing recognisable in it: one file named `empty-trace-<envoyTraceIdHex>-<seq>.pb`;
-- a message with no trace at all (an identifier alone): nothing.
+- a trace with nothing recognisable in it (fields of a newer Envoy): one file named
+  `empty-trace-<envoyTraceIdHex>-<seq>.pb`, so nothing it carried is lost;
+- a message with no trace at all (an identifier alone), or an empty one (`"trace": {}`): nothing.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class Deriver:
             socket = getattr(trace, kind)
             envoy_id = socket.trace_id or request.trace_id
             return self._fallback(TraceKind.SOCKET, SOCKET_PREFIX, envoy_id, trace)
+        if trace.ByteSize() == 0:
+            return Derivation(TraceKind.NONE)  # an empty trace holds nothing worth a file
         return self._fallback(TraceKind.OTHER, EMPTY_PREFIX, request.trace_id, trace)
 
     def forget_stream(self, stream: int) -> None:

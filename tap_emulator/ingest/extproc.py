@@ -37,7 +37,13 @@ from tap_emulator.bounded import BoundedLru
 from tap_emulator.derive.naming import Identity, direction_from_tap_id, namespace_from_node
 from tap_emulator.ingest.extproc_capture import Assembly, Pieces, Proxy, read_metadata
 from tap_emulator.ingest.handoff import Handoff, Sender
-from tap_emulator.ingest.streams import OpenStream, Refusal, StreamRegistry
+from tap_emulator.ingest.streams import (
+    OpenStream,
+    Refusal,
+    StreamRegistry,
+    forget_frames,
+    read_message,
+)
 from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
 from tap_emulator.labels import (
     Direction,
@@ -126,6 +132,7 @@ class ExtProcessor:
     async def process(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
+        # Messages are read through `context` (streams.read_message), never `requests`.
         metrics = self._metrics
         if self._registry.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN)
@@ -143,7 +150,7 @@ class ExtProcessor:
         transaction = self._start(stream, context)
         outcome = StreamOutcome.INTERNAL
         try:
-            outcome = await self._read(stream, transaction, peer, requests)
+            outcome = await self._read(stream, transaction, peer, context)
         except _RefusedMessageError as refused:
             outcome = (
                 StreamOutcome.INVALID_ARGUMENT
@@ -154,6 +161,7 @@ class ExtProcessor:
             self._warnings.warning(
                 refused.reason.value, "ended an ext_proc stream from %s: %s", peer, refused.details
             )
+            forget_frames(refused)
             await context.abort(refused.code, refused.details)
         except asyncio.CancelledError:
             # Envoy resets every stream it closes (right after its end), or we ended it.
@@ -189,12 +197,12 @@ class ExtProcessor:
         stream: OpenStream,
         transaction: _Transaction,
         peer: str,
-        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext[bytes, bytes],
     ) -> StreamOutcome:
         assembly = transaction.assembly
         index = received_bytes = 0
         try:
-            async for raw in requests:
+            while (raw := await read_message(context)) is not None:
                 index += 1
                 received_bytes += len(raw)
                 request = self._decode(raw, index)
@@ -212,6 +220,7 @@ class ExtProcessor:
                 if assembly.complete:
                     self._conclude(transaction, TransactionDrop.QUEUE_FULL)
                     return StreamOutcome.OK
+                del raw, request  # nothing of it is held while the next message is awaited
             return StreamOutcome.UNFINISHED
         finally:
             self._metrics.received_bytes[Source.EXT_PROC].inc(received_bytes)

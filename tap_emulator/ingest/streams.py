@@ -19,8 +19,35 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import grpc
+
 from tap_emulator.labels import RejectReason, Source, StreamOutcome
 from tap_emulator.netaddr import peer_address
+
+
+async def read_message(context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes | None:
+    """The call's next message, or None at its end.
+
+    Read through the context, not grpc's request iterator: the iterator is an async
+    generator that keeps the last message it yielded until the next one has arrived (or the
+    call is gone), one more copy of up to max_message_bytes per stream, held even while the
+    stream waits for queue room or sits idle. Handlers delete what they read once it is
+    handed on, so a stream holds nothing while it waits."""
+    message: object = await context.read()
+    return message if isinstance(message, bytes) else None  # grpc.aio.EOF at the end
+
+
+def forget_frames(error: BaseException) -> None:
+    """Drop the frames an exception (and what caused it) still holds, before aborting a call.
+
+    grpc keeps the exception `context.abort` raises, whose context is `error`, in a reference
+    cycle with the handler's frame: frames left in `error`'s traceback would keep their
+    locals, such as the refused message (up to twice max_message_bytes), alive until the
+    cyclic garbage collector next runs, and a stream of refused messages piles them up."""
+    seen: BaseException | None = error
+    while seen is not None:
+        seen.__traceback__ = None
+        seen = seen.__cause__ or seen.__context__
 
 
 @dataclass(frozen=True, slots=True)

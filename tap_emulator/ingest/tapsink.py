@@ -27,7 +27,13 @@ from google.protobuf.message import DecodeError
 from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.derive.naming import UNKNOWN_NAMESPACE, Identity, identity
 from tap_emulator.ingest.handoff import Handoff, PendingFiles, Sender
-from tap_emulator.ingest.streams import OpenStream, Refusal, StreamRegistry
+from tap_emulator.ingest.streams import (
+    OpenStream,
+    Refusal,
+    StreamRegistry,
+    forget_frames,
+    read_message,
+)
 from tap_emulator.ingest.wire_budget import MalformedError, OverBudgetError, WireBudget
 from tap_emulator.labels import Direction, RejectReason, Source, StreamOutcome
 from tap_emulator.observe.logs import ThrottledLog
@@ -132,6 +138,7 @@ class TapSink:
     async def stream_taps(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
+        # Messages are read through `context` (streams.read_message), never `requests`.
         metrics = self._metrics
         if self._registry.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, ENDINGS[StreamOutcome.SHUTDOWN])
@@ -149,7 +156,7 @@ class TapSink:
         outcome = StreamOutcome.INTERNAL
         log.debug("stream %d opened by %s", stream.number, peer)
         try:
-            dropped = await self._serve_stream(stream, requests)
+            dropped = await self._serve_stream(stream, context)
             if dropped:
                 outcome = StreamOutcome.DATA_LOSS
                 await context.abort(
@@ -164,6 +171,7 @@ class TapSink:
             self._refusals.warning(
                 rejection.outcome.value, "refused a stream from %s: %s", peer, rejection.details
             )
+            forget_frames(rejection)
             await context.abort(rejection.code, rejection.details)
             raise  # abort() raises; this line only satisfies the type checker
         except asyncio.CancelledError:
@@ -187,14 +195,16 @@ class TapSink:
             metrics.streams_ended[Source.TAP, outcome].inc()
             log.debug("stream %d from %s ended: %s", stream.number, peer, outcome.value)
 
-    async def _serve_stream(self, stream: OpenStream, requests: AsyncIterator[bytes]) -> int:
+    async def _serve_stream(
+        self, stream: OpenStream, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> int:
         """Read the stream to its end; returns how many of its files were dropped."""
         pending = PendingFiles()
         sender = self._anonymous
         origin: Sender | None = None
         identified = False
         index = 0
-        async for raw in requests:
+        while (raw := await read_message(context)) is not None:
             arrived = time.monotonic()
             index += 1
             request = self._decode(raw, index)

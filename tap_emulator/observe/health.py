@@ -5,19 +5,20 @@ when taps can be accepted: the gRPC listener is up, the output directory takes a
 and the server is not shutting down; otherwise 503 with the reason in the body. The same
 readiness drives the standard `grpc.health.v1.Health` service on the tap port.
 
-The HTTP side is a deliberately small asyncio server (GET only, one request per
-connection): scrapes and probes need nothing more, and it adds no dependency.
+The HTTP side runs on aiohttp, on the emulator's own event loop (docs/dependencies.md says
+why); the web page has a listener of its own (`tap_emulator.web`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -25,6 +26,26 @@ from tap_emulator.netaddr import peer_address
 from tap_emulator.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class _ClientMistakes(logging.Filter):
+    """aiohttp logs a malformed request (answered 400) as an error with a traceback; it is
+    the client's mistake, and anyone could fill our log with them: debug level only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        if not HTTP_SERVER_LOG.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.exc_info = f"{record.msg}: {error}", None
+        return True
+
+
+# What the HTTP servers (this endpoint and the web page) log through.
+HTTP_SERVER_LOG = logging.getLogger("tap_emulator.http")
+HTTP_SERVER_LOG.addFilter(_ClientMistakes())
 
 _MAX_REQUEST_HEAD_BYTES = 8192
 _READ_TIMEOUT_SECONDS = 5.0
@@ -118,56 +139,45 @@ class GrpcHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 
 class HttpEndpoint:
-    """Serves /metrics, /healthz and /readyz over plain HTTP/1.1."""
+    """Serves /metrics, /healthz and /readyz over HTTP/1.1 (aiohttp, on the server's loop).
+
+    GET and HEAD only (HEAD: the same status and headers, no body); the query string is
+    ignored. A connection that sends no complete request head within 5 s is closed, as is
+    one idle that long between requests; heads over 8 KiB are refused with 400."""
 
     def __init__(self, metrics: Metrics, readiness: Readiness) -> None:
         self._metrics = metrics
         self._readiness = readiness
-        self._server: asyncio.Server | None = None
+        self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
-        bound = self._server.sockets[0].getsockname()
+        application = web.Application(handler_args=_HANDLER_ARGS)
+        application.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(application, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await self.close()
+            raise
+        bound = self._runner.addresses[0]
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(_READ_TIMEOUT_SECONDS):
-                head = await reader.readuntil(b"\r\n\r\n")
-            status, content_type, body = self._respond(head)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            status, content_type, body = 400, "text/plain", b"bad request\n"
-        except ConnectionError:
-            writer.close()
-            return
-        writer.write(
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-            f"Content-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n".encode()
-            + body
-        )
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
+    async def _handle(self, request: web.Request) -> web.Response:
+        status, content_type, body = self._respond(request.method, request.path)
+        response = web.Response(status=status, body=body)
+        response.headers["Content-Type"] = content_type
+        return response
 
-    def _respond(self, head: bytes) -> tuple[int, str, bytes]:
-        if len(head) > _MAX_REQUEST_HEAD_BYTES:
-            return 431, "text/plain", b"request head too large\n"
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = request_line.split(" ")
-        if len(parts) != 3:
-            return 400, "text/plain", b"bad request\n"
-        method, target, _ = parts
+    def _respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET\n"
-        path = target.split("?", 1)[0]
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
         if path == "/healthz":
@@ -180,11 +190,11 @@ class HttpEndpoint:
         return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
 
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
+# What every connection gets: 5 s to send a request head (aiohttp closes a connection that
+# has no request in progress once keepalive_timeout passes), heads of at most 8 KiB.
+_HANDLER_ARGS = {
+    "keepalive_timeout": _READ_TIMEOUT_SECONDS,
+    "logger": HTTP_SERVER_LOG,
+    "max_line_size": _MAX_REQUEST_HEAD_BYTES,
+    "max_field_size": _MAX_REQUEST_HEAD_BYTES,
 }

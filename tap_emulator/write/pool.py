@@ -24,60 +24,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from tap_emulator.labels import WriteErrorReason
-from tap_emulator.layout import file_name
-from tap_emulator.observe.logs import ThrottledLog
 from tap_emulator.observe.metrics import Metrics
+from tap_emulator.write.batch import BatchResult, publish_batch
+from tap_emulator.write.errors import is_file_error, reason_of
 from tap_emulator.write.numbering import Numbering
 from tap_emulator.write.policy import WriteErrorPolicy, WriterMode
 from tap_emulator.write.publisher import Publisher
 from tap_emulator.write.queue import Publication, WriteQueue
 from tap_emulator.write.retention import RetentionLedger
+from tap_emulator.write.settle import Settlement
 
 log = logging.getLogger(__name__)
-
-_REASONS = {
-    errno.ENOSPC: WriteErrorReason.ENOSPC,
-    errno.EDQUOT: WriteErrorReason.EDQUOT,
-    errno.EFBIG: WriteErrorReason.EFBIG,
-    errno.EIO: WriteErrorReason.EIO,
-    errno.EROFS: WriteErrorReason.EROFS,
-    errno.EACCES: WriteErrorReason.EACCES,
-    errno.EPERM: WriteErrorReason.EACCES,
-    errno.ENAMETOOLONG: WriteErrorReason.ENAMETOOLONG,
-    errno.EMFILE: WriteErrorReason.EMFILE,
-    errno.ENFILE: WriteErrorReason.EMFILE,
-    errno.EISDIR: WriteErrorReason.EISDIR,
-}
-# Errors that belong to one file: retrying that file cannot help, the next file may well work.
-_FILE_ERRORS = frozenset({errno.EFBIG, errno.ENAMETOOLONG})
 
 # A slice of publishing on the loop keeps it this long at most before it reads streams again.
 _LOOP_SLICE_SECONDS = 0.002
 _RESTART_BACKOFF_SECONDS = 1.0
 # A batch that takes this long is waiting for a stuck disk: readiness says so.
 _STUCK_AFTER_SECONDS = 10.0
-_BUG = "<internal error>"  # marks the error standing in for a bug while publishing one file
-
-
-def reason_of(error: OSError) -> WriteErrorReason:
-    return _REASONS.get(error.errno or 0, WriteErrorReason.OTHER)
-
-
-@dataclass(frozen=True, slots=True)
-class _BatchResult:
-    published: int
-    error: OSError | None
-    deleted: int = 0
-    delete_errors: tuple[tuple[str, OSError], ...] = ()
-    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +86,8 @@ class WriterPool:
         self._on_loop = False
         self._down = 0  # writer tasks that died and wait to be restarted
         self._batch_started: float | None = None  # when the batch being published was taken
-        self._deletes = ThrottledLog(log)
+        self._settlement = Settlement(queue, numbering, metrics)
         self.failing: OSError | None = None
-        self.published = 0
-        self.dropped = 0
-        self.on_published: Callable[[Publication], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -152,6 +118,23 @@ class WriterPool:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    @property
+    def published(self) -> int:
+        return self._settlement.published_files
+
+    @property
+    def dropped(self) -> int:
+        return self._settlement.dropped_files
+
+    @property
+    def on_published(self) -> Callable[[Publication], None] | None:
+        """Called on the event loop for each file once it is on disk (the live page's feed)."""
+        return self._settlement.on_published
+
+    @on_published.setter
+    def on_published(self, hook: Callable[[Publication], None] | None) -> None:
+        self._settlement.on_published = hook
 
     @property
     def publishing_on_loop(self) -> bool:
@@ -198,15 +181,15 @@ class WriterPool:
             self._batch_started = time.monotonic()
             try:
                 if self._on_loop:
-                    result = self._publish_batch(batch, _LOOP_SLICE_SECONDS)
+                    result = self._batch(batch, _LOOP_SLICE_SECONDS)
                 else:
-                    result = await loop.run_in_executor(self._executor, self._publish_batch, batch)
+                    result = await loop.run_in_executor(self._executor, self._batch, batch)
             except Exception:
                 queue.give_back(batch)  # nothing in it was published: the batch never started
                 raise
             finally:
                 self._batch_started = None
-            self._account(batch[: result.published], result)
+            self._settlement.published(batch[: result.published], result)
             error = result.error
             if error is None:
                 self.failing = None
@@ -219,63 +202,18 @@ class WriterPool:
                 self._record_failure(error)  # every file is out; only the directory's fsync failed
                 continue
             failed, rest = batch[result.published], batch[result.published + 1 :]
-            if error.errno in _FILE_ERRORS or error.filename is _BUG:
-                self._drop(failed, error, why="that file cannot be written")
+            if is_file_error(error):
+                self._settlement.dropped(failed, error, why="that file cannot be written")
                 queue.give_back(rest)
                 continue
             self._record_failure(error)
             if self._options.on_error is WriteErrorPolicy.DROP:
-                self._drop(failed, error, why="on_write_error: drop")
+                self._settlement.dropped(failed, error, why="on_write_error: drop")
                 queue.give_back(rest)
                 continue
             queue.give_back([failed, *rest])
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._options.retry_max_seconds)
-
-    def _account(self, published: list[Publication], result: _BatchResult) -> None:
-        now = time.monotonic()
-        metrics = self._metrics
-        for publication in published:
-            metrics.publish_latency.observe(now - publication.arrived)
-            metrics.written_bytes.inc(len(publication.payload))
-            self.queue.release(publication)
-            if self.on_published is not None:
-                self.on_published(publication)
-            if publication.settled is not None:
-                publication.settled(True)
-        metrics.files_written.inc(len(published))
-        self.published += len(published)
-        collisions = self.numbering.collisions
-        if collisions:
-            self.numbering.collisions = 0
-            metrics.sequence_collisions.inc(collisions)
-        if result.deleted:
-            metrics.files_deleted.inc(result.deleted)
-        for name, error in result.delete_errors:
-            metrics.retention_delete_errors[reason_of(error)].inc()
-            self._deletes.warning(
-                "delete",
-                "retention could not delete %s (%s: %s); it is no longer counted",
-                name,
-                reason_of(error).value,
-                error.strerror,
-            )
-
-    def _drop(self, publication: Publication, error: OSError, *, why: str) -> None:
-        reason = reason_of(error)
-        self._metrics.files_dropped[reason].inc()
-        self._deletes.warning(
-            f"drop-{reason.value}",
-            "dropped %s (%s: %s; %s)",
-            file_name(publication.stem, publication.sequence),
-            reason.value,
-            error.strerror,
-            why,
-        )
-        self.dropped += 1
-        self.queue.release(publication)
-        if publication.settled is not None:
-            publication.settled(False)
 
     def _record_failure(self, error: OSError) -> None:
         reason = reason_of(error)
@@ -289,49 +227,12 @@ class WriterPool:
             log.error("cannot publish (%s: %s); %s", reason.value, error.strerror, holding)
         self.failing = error
 
-    # --- one batch: plain blocking calls, in a writer thread (or on a tmpfs, the loop) ----
-
-    def _publish_batch(
-        self, batch: list[Publication], budget_seconds: float | None = None
-    ) -> _BatchResult:
-        """Publish files in order until done, an error, or (on the loop) the time budget."""
-        started = time.perf_counter()
-        deleted = 0
-        delete_errors: list[tuple[str, OSError]] = []
-        numbering, publisher, ledger = self.numbering, self.publisher, self._ledger
-        for index, publication in enumerate(batch):
-            try:
-                first = numbering.first_try(publication.stem, publication.sequence)
-                publication.sequence = publisher.publish(
-                    publication.stem, first, publication.payload, numbering.next_free
-                )
-            except OSError as exc:
-                return _BatchResult(
-                    index, exc, deleted, tuple(delete_errors), time.perf_counter() - started
-                )
-            except Exception as exc:  # a bug: this file is dropped, not every file after it
-                log.exception("publishing %s failed unexpectedly", publication.stem)
-                bug = OSError(errno.EIO, f"internal error: {exc!r}")
-                bug.filename = _BUG
-                return _BatchResult(
-                    index, bug, deleted, tuple(delete_errors), time.perf_counter() - started
-                )
-            if ledger is not None:
-                name = file_name(publication.stem, publication.sequence)
-                for doomed in ledger.admit(name, len(publication.payload)):
-                    try:
-                        deleted += publisher.delete(doomed)
-                    except OSError as exc:
-                        delete_errors.append((doomed, exc))
-            if budget_seconds is not None and time.perf_counter() - started > budget_seconds:
-                return _BatchResult(
-                    index + 1, None, deleted, tuple(delete_errors), time.perf_counter() - started
-                )
-        error = None
-        if self._options.fsync and batch:
-            try:
-                publisher.fsync_directory()
-            except OSError as exc:
-                error = exc
-        seconds = time.perf_counter() - started
-        return _BatchResult(len(batch), error, deleted, tuple(delete_errors), seconds)
+    def _batch(self, batch: list[Publication], budget_seconds: float | None = None) -> BatchResult:
+        return publish_batch(
+            batch,
+            self.publisher,
+            self.numbering,
+            self._ledger,
+            fsync=self._options.fsync,
+            budget_seconds=budget_seconds,
+        )

@@ -36,8 +36,8 @@ from tap_emulator.derive.naming import Identity, NameFormat
 from tap_emulator.ingest.tapsink import identity_of
 from tap_emulator.labels import Direction
 from tap_emulator.layout import NAME_MAX_BYTES, file_name
+from tap_emulator.write.directory import DirectoryPublisher
 from tap_emulator.write.numbering import Numbering
-from tap_emulator.write.publisher import DirectoryPublisher
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._:-]+")
 

@@ -14,7 +14,7 @@ from typing import Any
 from tests.helpers.paths import HELPERS, REPO
 from tests.helpers.script_run import ClientRun
 
-_LISTENING = re.compile(r"listening tap=(?P<tap>\S+) metrics=(?P<metrics>\S+)")
+_LISTENING = re.compile(r"listening tap=(?P<tap>\S+) metrics=(?P<metrics>\S+) ui=(?P<ui>\S+)")
 
 
 class EmulatorProcess:
@@ -28,6 +28,7 @@ class EmulatorProcess:
             "serve",
             "--listen", "127.0.0.1:0",
             "--metrics-listen", "127.0.0.1:0",
+            "--ui-listen", "127.0.0.1:0",
             "--output-dir", str(output_dir),
             *args,
         ]  # fmt: skip
@@ -35,6 +36,7 @@ class EmulatorProcess:
         self.process: subprocess.Popen[str] | None = None
         self.tap = ""
         self.metrics_url = ""
+        self.ui_url = ""  # the web page, e.g. http://127.0.0.1:PORT/ ("off" when disabled)
 
     def start(self, timeout: float = 20.0) -> EmulatorProcess:
         self.process = subprocess.Popen(
@@ -59,6 +61,7 @@ class EmulatorProcess:
             if match:
                 self.tap = match["tap"]
                 self.metrics_url = f"http://{match['metrics']}"
+                self.ui_url = match["ui"]
                 started.set()
         self.process.stderr.close()  # the process has exited: its pipe is done with
         started.set()

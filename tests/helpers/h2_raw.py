@@ -89,11 +89,15 @@ class ConnectionOutcome:
 class RawH2:
     """One HTTP/2 connection to `address` (HOST:PORT), driven by hand."""
 
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: str, timeout: float = 10.0, *, source_host: str | None = None
+    ) -> None:
+        """`source_host` binds the connection's own end (127.0.0.2, say: another peer)."""
         self.address = address
         self.timeout = timeout
         host, port = split_address(address)
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        source = None if source_host is None else (source_host, 0)
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=source)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self.conn = h2.connection.H2Connection(config=config)

@@ -274,6 +274,7 @@ class Processes:
                 *(entry or [sys.executable, "-m", "tap_emulator"]), "serve",
                 "--listen", listen,
                 "--metrics-listen", "127.0.0.1:0",
+                "--ui-listen", "127.0.0.1:0",
                 "--output-dir", str(output_dir),
                 *args,
             ],

@@ -17,7 +17,7 @@ from tap_emulator import app
 from tap_emulator.cli import build_parser, settings_from
 from tap_emulator.observe.logs import configure_logging
 from tap_emulator.testing import SlowPublisher
-from tap_emulator.write.publisher import DirectoryPublisher
+from tap_emulator.write.directory import DirectoryPublisher
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

@@ -39,6 +39,8 @@ def config_error(*layers: dict[str, Any]) -> str:
 DOCUMENTED_DEFAULTS: dict[str, object] = {
     "listen": "0.0.0.0:9000",
     "metrics_listen": "0.0.0.0:9090",
+    "ui_listen": "127.0.0.1:8080",
+    "ui_max_transactions": 10_000,
     "output_dir": Path("/tmp"),
     "writers": 1,
     "writer_batch_max_items": 256,
@@ -108,6 +110,8 @@ def test_example_file_loads_to_the_expected_settings() -> None:
     assert loaded == Settings(
         listen="127.0.0.1:9100",
         metrics_listen="[::1]:9191",
+        ui_listen="127.0.0.1:8181",
+        ui_max_transactions=5000,
         output_dir=Path("/var/lib/tap-emulator"),
         writers=4,
         writer_batch_max_items=32,

@@ -383,15 +383,27 @@ def test_socket_trace_payload_is_the_serialized_trace() -> None:
     assert planned.payload == message.trace.SerializeToString()
 
 
-def test_trace_wrapper_with_nothing_set_gets_the_empty_fallback_name() -> None:
+def test_an_empty_trace_becomes_no_file() -> None:
     message = StreamTapsRequest(trace_id=0x99)
     message.trace.SetInParent()
 
     derivation = make_deriver().derive(message, INBOUND, 1)
 
+    assert derivation.kind is TraceKind.NONE
+    assert derivation.files == []
+
+
+def test_a_trace_of_a_kind_we_do_not_know_gets_the_empty_fallback_name() -> None:
+    """A newer Envoy's trace kind decodes as unknown fields: kept, under the fallback name."""
+    unknown_kind = b"\x2a\x03abc"  # TraceWrapper field 5, length-delimited
+    message = StreamTapsRequest(trace_id=0x99)
+    message.trace.MergeFromString(unknown_kind)
+
+    derivation = make_deriver().derive(message, INBOUND, 1)
+
     assert derivation.kind is TraceKind.OTHER
     assert file_names(derivation) == ["empty-trace-99-1.pb"]
-    assert derivation.files[0].payload == b""
+    assert derivation.files[0].payload == unknown_kind
 
 
 def test_message_without_a_trace_becomes_no_file() -> None:

@@ -277,7 +277,7 @@ def hostile_request(draw: st.DrawFn) -> StreamTapsRequest:
 
 
 def expected_files(request: StreamTapsRequest, name_format: NameFormat) -> int:
-    if not request.HasField("trace"):
+    if not request.HasField("trace") or request.trace.ByteSize() == 0:
         return 0
     split = name_format is NameFormat.REQ_RES
     return 2 if split and request.trace.HasField("http_buffered_trace") else 1

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tap_emulator.write.directory import DirectoryPublisher
 from tap_emulator.write.numbering import Numbering, StemBloomFilter
-from tap_emulator.write.publisher import DirectoryPublisher, OurFile
+from tap_emulator.write.publisher import OurFile
 from tap_emulator.write.retention import RetentionLedger, RetentionPolicy
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tap_emulator import layout
-from tap_emulator.write.publisher import DirectoryPublisher, OutputDirError
+from tap_emulator.write.directory import DirectoryPublisher
+from tap_emulator.write.publisher import OutputDirError
 
 
 @pytest.fixture(params=[True, False], ids=["o_tmpfile", "named_temporary"])

@@ -18,7 +18,7 @@ from tap_emulator.app import StartupError
 from tap_emulator.config import Settings
 from tap_emulator.labels import Source
 from tap_emulator.testing import InProcessEmulator, SlowPublisher
-from tap_emulator.write.publisher import DirectoryPublisher
+from tap_emulator.write.directory import DirectoryPublisher
 
 STREAM_TAPS = "/envoy.service.tap.v3.TapSinkService/StreamTaps"
 TAP_SERVICE = "envoy.service.tap.v3.TapSinkService"

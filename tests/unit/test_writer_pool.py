@@ -12,10 +12,11 @@ import pytest
 
 from tap_emulator.observe.metrics import Metrics
 from tap_emulator.testing import FaultyPublisher, SlowPublisher
+from tap_emulator.write.directory import DirectoryPublisher
 from tap_emulator.write.numbering import Numbering
 from tap_emulator.write.policy import WriteErrorPolicy, WriterMode
 from tap_emulator.write.pool import WriterOptions, WriterPool
-from tap_emulator.write.publisher import DirectoryPublisher, Publisher
+from tap_emulator.write.publisher import Publisher
 from tap_emulator.write.queue import Publication, WriteQueue
 from tap_emulator.write.retention import RetentionLedger, RetentionPolicy
 
