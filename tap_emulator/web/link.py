@@ -171,6 +171,10 @@ class PageProcess:
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
+        except OSError as exc:
+            raise PageStartError(
+                f"cannot start the page's process ({sys.executable}): {exc.strerror}"
+            ) from exc
         finally:
             theirs.close()
         _, self._channel = await loop.create_connection(lambda: _Channel(self._message), sock=ours)

@@ -48,6 +48,12 @@ def as_user(uid: int) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *SERVE]
 
 
+# The page runs in a process the emulator starts from its own interpreter; on this machine that
+# interpreter lives under /root (mode 0700), which another user cannot exec. These tests are
+# about the disk, so the page stays off (the emulator says so and stops if it cannot start it).
+NO_PAGE = ("--ui-listen", "")
+
+
 @contextmanager
 def shared_sticky_directory() -> Iterator[Path]:
     """A world-writable sticky directory like /tmp, reachable by every user."""
@@ -127,7 +133,7 @@ def test_another_users_file_named_like_ours_is_neither_counted_nor_deleted(
         foreign.write_bytes(b"someone else's")
         os.chown(foreign, NOBODY, NOBODY)
         emulator = start_emulator(
-            "--retention-max-files", "5", output_dir=out, entry=as_user(SERVER_UID)
+            "--retention-max-files", "5", *NO_PAGE, output_dir=out, entry=as_user(SERVER_UID)
         )
         answer = send_stream(emulator.tap, messages("ret.ns:80", trace, range(1, 11)), 15)
 
@@ -302,7 +308,7 @@ def test_another_users_temporary_in_a_sticky_directory_does_not_stop_the_start(
         os.chown(foreign, NOBODY, NOBODY)
         an_hour_ago = time.time() - 3600
         os.utime(foreign, (an_hour_ago, an_hour_ago))
-        server = start_emulator(output_dir=out, entry=as_user(SERVER_UID))
+        server = start_emulator(*NO_PAGE, output_dir=out, entry=as_user(SERVER_UID))
 
         last = server.log_lines[-1]
         print(f"observed: running {server.process.poll() is None}; last line {last!r}")

@@ -50,7 +50,9 @@ def browser_context_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+        # A declared test dependency: missing means a broken set-up, not a machine without a
+        # browser, so it fails rather than hiding the page's tests.
+        pytest.fail("playwright is not installed (pip install -e '.[test]')")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\nbrowser: {chromium}; screenshots in {ARTIFACTS}")
     with sync_playwright() as playwright:
