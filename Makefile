@@ -60,9 +60,11 @@ $(VENV)/.bench: $(STAMP) pyproject.toml
 	touch $@
 
 # The ext_proc part drives Envoy with nghttp2's h2load (Debian's nghttp2-client).
-bench: $(VENV)/.bench ## emulator against this machine's ceilings, then Envoy's cost of each tap (~5 min; ARGS="--only extproc" for that part alone, ARGS=--reference refreshes benchmarks/results/reference)
+bench: $(VENV)/.bench ## emulator against this machine's ceilings, Envoy's cost of each tap, forwarding on/off, the page open/closed (~9 min; ARGS go to bench.py, e.g. "--only extproc"; ARGS=--reference refreshes benchmarks/results/reference)
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python benchmarks/bench.py $(ARGS)
+	$(BIN)/python benchmarks/forward/throughput.py
+	$(BIN)/python benchmarks/web/page_open.py
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := derive naming

@@ -38,7 +38,16 @@ _PORT_NEEDED = "The chart takes a container port, probes and the Service's targe
 CHART_OVERRIDES: dict[str, Schema] = {
     "listen": {"$comment": _PORT_NEEDED, "type": "string", "pattern": LISTEN_PATTERN},
     "metrics_listen": {"$comment": _PORT_NEEDED, "type": "string", "pattern": LISTEN_PATTERN},
-    "output_dir": {"$comment": "A volume is mounted there.", "type": "string", "pattern": "^/"},
+    "output_dir": {
+        "$comment": "A volume is mounted there; empty: no files (a pure bridge to forwardTo).",
+        "type": "string",
+        "pattern": "^(/.*)?$",
+    },
+    "forward_to": {
+        "$comment": "Set it with the chart's forwardTo.",
+        "type": "string",
+        "pattern": f"^$|{LISTEN_PATTERN}",
+    },
     "retention_max_bytes": {
         "$comment": "The chart compares it with the volume's size limit.",
         "type": "integer",

@@ -1,13 +1,16 @@
 """App: the composition root and the server's lifecycle (start, serve, drain, stop).
 
 Start order: start the web page's process, open the output directory (in a thread: learn what
-it holds, sweep stale temporaries), start the writers and the directory's watch, start the gRPC
-listener and the HTTP endpoint, log one line with every bound address, then report ready.
+it holds, sweep stale temporaries), start the writers and the directory's watch, start the
+forwarding process (forward_to), start the gRPC listener and the HTTP endpoint, log one line
+with every bound address, then report ready. With `output_dir: ''` there are no writers and no
+page: the emulator is a pure bridge.
 
 Stop order, on the first SIGTERM or SIGINT: report not ready (HTTP and gRPC health), stop
 accepting streams and end the open ones (a proxy's tap stream never ends by itself), publish
-every accepted message, then exit 0. If that does not finish within `drain_timeout_seconds`
-the exact number of accepted files not written is logged and the exit status is 1. A second
+every accepted message and forward what is queued (together, within the drain timeout), then
+exit 0. If publishing does not finish within `drain_timeout_seconds` the exact number of
+accepted files not written is logged and the exit status is 1. A second
 signal exits at once. Signals are taken by a thread of their own (see `SignalWatch`), so both
 promises hold even if the event loop is stuck.
 """
@@ -34,6 +37,9 @@ from tap_emulator import __version__
 from tap_emulator.config import ConfigError, Settings
 from tap_emulator.derive.correlate import SegmentNames, SequenceCounter
 from tap_emulator.derive.deriver import Deriver, NamingPolicy
+from tap_emulator.forward.child import ChildOptions
+from tap_emulator.forward.forwarder import ForwardOptions
+from tap_emulator.forward.link import ForwardLink
 from tap_emulator.ingest.extproc import SERVICE as EXTPROC_SERVICE
 from tap_emulator.ingest.extproc import ExtProcessor, ExtProcLimits
 from tap_emulator.ingest.handoff import Handoff
@@ -129,16 +135,54 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def build_forwarder(settings: Settings, metrics: Metrics) -> ForwardLink | None:
+    """The link to the forwarding process (forward_to), or None; its TLS files must be
+    readable now, so that a bad path stops the emulator at start with the setting's name."""
+    if not settings.forward_to:
+        return None
+    files = {
+        "forward_tls_ca_file": settings.forward_tls_ca_file,
+        "forward_tls_cert_file": settings.forward_tls_cert_file,
+        "forward_tls_key_file": settings.forward_tls_key_file,
+    }
+    for name, path in files.items():
+        if path is not None:
+            _read_setting_file(name, path)
+    forward = ForwardOptions(
+        target=settings.forward_to,
+        queue_max_items=settings.forward_queue_max_items,
+        queue_max_bytes=settings.forward_queue_max_bytes,
+        when_full=settings.forward_when_full,
+        max_message_bytes=settings.forward_max_message_bytes,
+        max_streams=settings.forward_max_streams,
+    )
+    child = ChildOptions(
+        forward=forward,
+        fd=-1,  # the link passes the socket it creates
+        tls_ca_file=_shown(settings.forward_tls_ca_file),
+        tls_cert_file=_shown(settings.forward_tls_cert_file),
+        tls_key_file=_shown(settings.forward_tls_key_file),
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
+    return ForwardLink(child, metrics)
+
+
+def _shown(path: Path | None) -> str | None:
+    return None if path is None else str(path.resolve())
+
+
 @dataclass
 class Emulator:
-    """Everything `serve` runs, wired together; built by `build`, run by `serve`."""
+    """Everything `serve` runs, wired together; built by `build`, run by `serve`. Without an
+    output directory (a pure bridge) there is no publisher, pool or watch."""
 
     settings: Settings
     metrics: Metrics
     queue: WriteQueue
-    publisher: Publisher
-    pool: WriterPool
-    watch: OutputWatch
+    publisher: Publisher | None
+    pool: WriterPool | None
+    watch: OutputWatch | None
     ledger: RetentionLedger | None
     registry: StreamRegistry
     sink: TapSink
@@ -147,6 +191,7 @@ class Emulator:
     grpc_health: GrpcHealth
     http: HttpEndpoint
     page: PageProcess | None = None  # the web page's process, when ui_listen is set
+    forwarder: ForwardLink | None = None  # the forwarding process, when forward_to is set
     server: grpc.aio.Server | None = None
     tap_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None
@@ -188,27 +233,11 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
     metrics.watch_queue(
         lambda: queue.items, lambda: queue.size_bytes, queue.max_items, queue.max_bytes
     )
-    if publisher is None:
-        publisher = DirectoryPublisher(
-            settings.output_dir, file_mode=settings.file_mode, fsync=settings.fsync
-        )
-    policy = RetentionPolicy(settings.retention_max_bytes, settings.retention_max_files)
-    ledger = RetentionLedger(policy) if policy.enabled else None
-    numbering = Numbering(
-        publisher.exists,
-        ledger,
-        settings.correlation_max_entries,
-        settings.correlation_idle_seconds,
-    )
-    options = WriterOptions(
-        writers=settings.writers,
-        batch_max_items=settings.writer_batch_max_items,
-        fsync=settings.fsync,
-        on_error=settings.on_write_error,
-        mode=settings.writer_mode,
-    )
-    pool = WriterPool(queue, publisher, numbering, metrics, options, ledger)
-    watch = OutputWatch(publisher)
+    writing = settings.output_dir is not None or publisher is not None
+    pool = watch = ledger = None
+    if writing:
+        publisher, pool, ledger = _build_writers(settings, metrics, queue, publisher)
+        watch = OutputWatch(publisher)
     registry = StreamRegistry(
         {
             Source.TAP: StreamLimits(
@@ -225,7 +254,13 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         }
     )
     metrics.watch_streams(registry.open_streams)
-    handoff = Handoff(build_deriver(settings, metrics), metrics)
+    forwarder = build_forwarder(settings, metrics)
+    handoff = Handoff(
+        build_deriver(settings, metrics),
+        metrics,
+        forwarder.offer if forwarder is not None else None,
+        write=writing,
+    )
     budget = WireBudget(max_repeated_elements=settings.max_headers_per_message)
     sink = TapSink(
         handoff,
@@ -248,13 +283,21 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
             budget,
         ),
     )
-    readiness = Readiness(
-        _labelled("output directory", watch.problem),
-        _labelled("writers cannot publish", pool.problem),
-        registry.full,
-    )
+    checks: list[Callable[[], str | None]] = [registry.full]
+    if watch is not None and pool is not None:
+        checks += [
+            _labelled("output directory", watch.problem),
+            _labelled("writers cannot publish", pool.problem),
+        ]
+    elif forwarder is not None:
+        # A pure bridge is useless while the tool is unreachable: say so, so that traffic goes
+        # to another replica (or, with the filter's failure_mode_allow, untapped). A writing
+        # emulator stays ready: its files do not need the tool.
+        checks.append(forwarder.problem)
+    readiness = Readiness(*checks)
     page = None
-    if settings.ui_listen:
+    # The page shows the files: a pure bridge writes none, so it has none.
+    if settings.ui_listen and pool is not None and settings.output_dir is not None:
         page = PageProcess(
             settings.output_dir,
             settings.ui_max_transactions,
@@ -278,7 +321,35 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         grpc_health=GrpcHealth((TAP_SERVICE, EXTPROC_SERVICE)),
         http=HttpEndpoint(metrics, readiness),
         page=page,
+        forwarder=forwarder,
     )
+
+
+def _build_writers(
+    settings: Settings, metrics: Metrics, queue: WriteQueue, publisher: Publisher | None
+) -> tuple[Publisher, WriterPool, RetentionLedger | None]:
+    if publisher is None:
+        assert settings.output_dir is not None
+        publisher = DirectoryPublisher(
+            settings.output_dir, file_mode=settings.file_mode, fsync=settings.fsync
+        )
+    policy = RetentionPolicy(settings.retention_max_bytes, settings.retention_max_files)
+    ledger = RetentionLedger(policy) if policy.enabled else None
+    numbering = Numbering(
+        publisher.exists,
+        ledger,
+        settings.correlation_max_entries,
+        settings.correlation_idle_seconds,
+    )
+    options = WriterOptions(
+        writers=settings.writers,
+        batch_max_items=settings.writer_batch_max_items,
+        fsync=settings.fsync,
+        on_error=settings.on_write_error,
+        mode=settings.writer_mode,
+    )
+    pool = WriterPool(queue, publisher, numbering, metrics, options, ledger)
+    return publisher, pool, ledger
 
 
 def _labelled(label: str, check: Callable[[], str | None]) -> Callable[[], str | None]:
@@ -293,6 +364,8 @@ def _open_output(emulator: Emulator) -> int:
     """Blocking start-up work on the output directory (run in a thread); returns how many
     stale temporaries were removed."""
     publisher = emulator.publisher
+    if publisher is None or emulator.pool is None:
+        return 0
     publisher.open()
     swept = publisher.sweep()
     if swept.skipped:
@@ -343,9 +416,8 @@ async def start(emulator: Emulator) -> None:
     _check_port_free("listen", host, port)
     if settings.metrics_listen:
         _check_port_free("metrics_listen", *split_address(settings.metrics_listen))
-    if settings.ui_listen:
-        _check_port_free("ui_listen", *split_address(settings.ui_listen))
     if emulator.page is not None:
+        _check_port_free("ui_listen", *split_address(settings.ui_listen))
         # Before the gRPC server and the writers exist: starting a process forks, and gRPC's
         # threads are best not running then.
         try:
@@ -353,8 +425,11 @@ async def start(emulator: Emulator) -> None:
         except (PageStartError, TimeoutError, OSError) as exc:
             raise StartupError(f"the web page (ui_listen) did not start: {exc}") from exc
     removed = await asyncio.to_thread(_open_output, emulator)
-    await emulator.pool.start()
-    emulator.watch.start()
+    if emulator.pool is not None and emulator.watch is not None:
+        await emulator.pool.start()
+        emulator.watch.start()
+    if emulator.forwarder is not None:
+        await emulator.forwarder.start()
 
     server = grpc.aio.server(options=grpc_server_options(settings))
     server.add_generic_rpc_handlers([emulator.sink.rpc_handler(), emulator.processor.rpc_handler()])
@@ -383,19 +458,21 @@ async def start(emulator: Emulator) -> None:
     await emulator.grpc_health.serving(emulator.readiness.problem() is None)
     log.info(
         "tap-emulator %s listening tap=%s metrics=%s ui=%s output_dir=%s writers=%d "
-        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s tls=%s publish=%s%s",
+        "batch=%d queue_max_items=%d queue_max_bytes=%d name_format=%s tls=%s publish=%s "
+        "forward_to=%s%s",
         __version__,
         _show(emulator.tap_address),
         _show(emulator.metrics_address) if emulator.metrics_address else "off",
         _page_url(emulator.ui_address) if emulator.ui_address else "off",
-        settings.output_dir,
+        settings.output_dir or "off",
         settings.writers,
         settings.writer_batch_max_items,
         settings.queue_max_items,
         settings.queue_max_bytes,
         settings.name_format.value,
         "mutual" if settings.tls_client_ca_file else ("on" if credentials else "off"),
-        emulator.publisher.method,
+        emulator.publisher.method if emulator.publisher is not None else "off",
+        settings.forward_to or "off",
         f" (removed {removed} stale temporary files)" if removed else "",
     )
 
@@ -427,7 +504,9 @@ async def stop(emulator: Emulator) -> int:
     await emulator.registry.end_all(grace)
     log.info("draining: streams closed; publishing %d accepted files", emulator.unpublished)
     remaining_time = max(0.0, settings.drain_timeout_seconds - (time.monotonic() - started))
-    unwritten = await emulator.pool.drain(remaining_time)
+    unwritten, unforwarded = await asyncio.gather(
+        _drain_writers(emulator, remaining_time), _drain_forwarder(emulator, remaining_time)
+    )
     if emulator.server is not None:
         # Streams were ended above; the grace lets their UNAVAILABLE statuses reach the
         # senders instead of being cut off by the transport's own shutdown.
@@ -435,11 +514,9 @@ async def stop(emulator: Emulator) -> int:
     await emulator.http.close()
     if emulator.page is not None:
         await emulator.page.close()
-    totals = (
-        f"accepted {emulator.sink.accepted} messages, published {emulator.pool.published} files"
-        + (f", dropped {emulator.pool.dropped}" if emulator.pool.dropped else "")
-        + f" (ext_proc: {emulator.processor.accepted} transactions)"
-    )
+    if emulator.forwarder is not None:
+        await emulator.forwarder.close()
+    totals = _totals(emulator, unforwarded)
     if unwritten:
         log.error(
             "drain timed out after %.1fs: %s; %d accepted files were not written",
@@ -448,11 +525,39 @@ async def stop(emulator: Emulator) -> int:
             unwritten,
         )
         return 1
-    await emulator.watch.close()
-    await emulator.pool.close()
-    await asyncio.to_thread(emulator.publisher.close)
+    if emulator.watch is not None and emulator.pool is not None and emulator.publisher:
+        await emulator.watch.close()
+        await emulator.pool.close()
+        await asyncio.to_thread(emulator.publisher.close)
     log.info("stopped cleanly in %.2fs: %s", time.monotonic() - started, totals)
     return 0
+
+
+async def _drain_writers(emulator: Emulator, within_seconds: float) -> int:
+    """Publish every accepted file; returns how many were not written in time."""
+    if emulator.pool is None:
+        return 0
+    return await emulator.pool.drain(within_seconds)
+
+
+async def _drain_forwarder(emulator: Emulator, within_seconds: float) -> int:
+    """Forward what is queued while the tool is reachable; returns the traces dropped."""
+    if emulator.forwarder is None:
+        return 0
+    return await emulator.forwarder.drain(within_seconds)
+
+
+def _totals(emulator: Emulator, unforwarded: int) -> str:
+    pool, forwarder = emulator.pool, emulator.forwarder
+    totals = f"accepted {emulator.sink.accepted} messages"
+    if pool is not None:
+        totals += f", published {pool.published} files"
+        totals += f", dropped {pool.dropped}" if pool.dropped else ""
+    if forwarder is not None:
+        totals += f", forwarded {forwarder.forwarded} traces"
+        # Not forwarded does not make the exit status: the files are the delivery contract.
+        totals += f" ({unforwarded} dropped at shutdown)" if unforwarded else ""
+    return totals + f" (ext_proc: {emulator.processor.accepted} transactions)"
 
 
 async def _follow_readiness(emulator: Emulator) -> None:

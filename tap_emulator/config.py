@@ -33,6 +33,7 @@ import yaml
 
 from tap_emulator.derive.naming import DEFAULT_TRACE_ID_HEADERS, NameFormat
 from tap_emulator.derive.redact import DEFAULT_REDACT_HEADERS
+from tap_emulator.forward.policy import WhenFull
 from tap_emulator.labels import Direction
 from tap_emulator.netaddr import split_address
 from tap_emulator.write.policy import WriteErrorPolicy, WriterMode
@@ -80,7 +81,11 @@ class Settings:
         10_000, "most recent transactions the web page's index holds (and the page shows)"
     )
     # The seed's contract: files land in /tmp unless told otherwise.
-    output_dir: Path = setting(Path("/tmp"), "directory the .pb files are published in")  # noqa: S108
+    output_dir: Path | None = setting(
+        Path("/tmp"),  # noqa: S108
+        "directory the .pb files are published in ('' writes no files: a pure bridge to "
+        "forward_to)",
+    )
     writers: int = setting(
         1, "writer tasks publishing batches in parallel (2-4 pay off only with fsync on a disk)"
     )
@@ -156,6 +161,42 @@ class Settings:
     tls_client_ca_file: Path | None = setting(
         None, "PEM CA bundle: require client certificates signed by it (mutual TLS)"
     )
+    forward_to: str = setting(
+        "",
+        "HOST:PORT of a TapSinkService (a network analysis tool) to stream every accepted "
+        "trace to, one stream per sender ('' : off)",
+        metavar="HOST:PORT",
+        shown="off",
+    )
+    forward_tls_ca_file: Path | None = setting(
+        None,
+        "PEM CA bundle the forward_to server's certificate must chain to; any forward_tls_* "
+        "file turns TLS on (plaintext when none is set; the system's CAs without this one)",
+    )
+    forward_tls_cert_file: Path | None = setting(
+        None, "PEM client certificate chain presented to forward_to (mutual TLS)"
+    )
+    forward_tls_key_file: Path | None = setting(None, "PEM private key of forward_tls_cert_file")
+    forward_queue_max_items: int = setting(
+        10_000, "traces waiting for forward_to at most, over all senders"
+    )
+    forward_queue_max_bytes: int = setting(
+        64 * MiB, "bytes of the traces waiting for forward_to at most"
+    )
+    forward_when_full: WhenFull = setting(
+        WhenFull.DROP_OLDEST,
+        "when the forward queue is full: drop_oldest (the tool gets the freshest traces) or "
+        "drop_newest; either way the sources never wait",
+        metavar="POLICY",
+    )
+    forward_max_message_bytes: int = setting(
+        4 * MiB,
+        "largest StreamTapsRequest sent to forward_to (gRPC servers refuse more than 4 MiB by "
+        "default); larger traces are dropped and counted",
+    )
+    forward_max_streams: int = setting(
+        1000, "streams open to forward_to at most (one per sender: node and tap id)"
+    )
     correlation_max_entries: int = setting(
         100_000, "most streamed traces and name stems remembered at once"
     )
@@ -183,6 +224,7 @@ class Settings:
             raise ConfigError("tls_cert_file: tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("tls_client_ca_file: mutual TLS needs tls_cert_file and tls_key_file")
+        self._check_forwarding()
         minimum = self.queue_max_items + self.writers * self.writer_batch_max_items
         if self.correlation_max_entries < minimum:
             # A stem forgotten while its files are still queued could be numbered twice.
@@ -190,6 +232,30 @@ class Settings:
                 f"correlation_max_entries: must be at least queue_max_items + writers * "
                 f"writer_batch_max_items ({minimum}), got {self.correlation_max_entries}"
             )
+
+    def _check_forwarding(self) -> None:
+        if self.output_dir is None and not self.forward_to:
+            raise ConfigError(
+                "output_dir: '' writes no files, so it needs forward_to (a pure bridge); "
+                "without forward_to set an output directory"
+            )
+        if (self.forward_tls_cert_file is None) != (self.forward_tls_key_file is None):
+            raise ConfigError(
+                "forward_tls_cert_file: forward_tls_cert_file and forward_tls_key_file go together"
+            )
+        if not self.forward_to and self.forward_tls_files:
+            raise ConfigError("forward_tls_ca_file: the forward_tls_* files need forward_to")
+
+    @property
+    def forward_tls_files(self) -> bool:
+        return any(
+            path is not None
+            for path in (
+                self.forward_tls_ca_file,
+                self.forward_tls_cert_file,
+                self.forward_tls_key_file,
+            )
+        )
 
 
 # --- validation -------------------------------------------------------------------------
@@ -264,6 +330,11 @@ _CHECKS: dict[str, Check] = {
     "extproc_assembly_max_bytes": in_range(1 * MiB, 64 * GiB),
     "log_summary_seconds": in_range(0, 24 * 3600),
     "stream_idle_timeout_seconds": in_range(0, 30 * 24 * 3600),
+    "forward_to": _address,
+    "forward_queue_max_items": in_range(1, 10_000_000),
+    "forward_queue_max_bytes": in_range(64 * KiB, 64 * GiB),
+    "forward_max_message_bytes": in_range(1 * KiB, 2 * GiB - 1),
+    "forward_max_streams": in_range(1, 1_000_000),
     "correlation_max_entries": in_range(1, 100_000_000),
     "correlation_idle_seconds": in_range(0.001, 7 * 24 * 3600),
     "drain_timeout_seconds": in_range(0, 3600),

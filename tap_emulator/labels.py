@@ -97,3 +97,24 @@ class BodyHalf(StrEnum):
 
     REQUEST = "request"
     RESPONSE = "response"
+
+
+class ForwardDrop(StrEnum):
+    """Why a trace was not forwarded to forward_to (the sources never wait for it)."""
+
+    QUEUE_FULL = "queue_full"  # the forward queue was full while the tool was connected
+    DISCONNECTED = "disconnected"  # the forward queue was full while the tool was unreachable
+    TOO_LARGE = "too_large"  # over forward_max_message_bytes
+    STREAM_LIMIT = "stream_limit"  # a new sender while forward_max_streams streams were open
+    SHUTDOWN = "shutdown"  # still queued when the drain ended
+    FORWARDER_EXIT = "forwarder_exit"  # held by the forwarding process when it ended unexpectedly
+
+
+class ForwardState(StrEnum):
+    """The state of the connection to forward_to (gRPC's channel connectivity)."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    READY = "ready"
+    TRANSIENT_FAILURE = "transient_failure"
+    SHUTDOWN = "shutdown"

@@ -7,7 +7,9 @@ and holding it back is right) or not at all (ext_proc: dropped whole, counted, w
 room; the tapped proxy's own traffic must never wait for us).
 
 With a forwarder (forward_to), every accepted trace is also offered to it, with the sender's
-identity, as the same bytes the files hold; the forwarder never makes a source wait.
+identity, as the same bytes the files hold; the forwarder never makes a source wait. Without
+writers (`output_dir: ''`, a pure bridge) a trace becomes no publications at all: it is derived
+(and so redacted and counted) and forwarded only.
 
 `PendingFiles` counts one stream's files still to be published, so that the stream can answer
 OK only once every file it produced is on disk, and say so when some were dropped.
@@ -69,10 +71,18 @@ class PendingFiles:
 class Handoff:
     """Derive, count, and make publications; one instance serves every source."""
 
-    def __init__(self, deriver: Deriver, metrics: Metrics, forward: Forward | None = None) -> None:
+    def __init__(
+        self,
+        deriver: Deriver,
+        metrics: Metrics,
+        forward: Forward | None = None,
+        *,
+        write: bool = True,
+    ) -> None:
         self._deriver = deriver
         self._metrics = metrics
         self._forward = forward
+        self._write = write
 
     def plan(
         self,
@@ -93,6 +103,8 @@ class Handoff:
             self._forward(
                 origin or Sender(), request.trace_id, [f.payload for f in derivation.files]
             )
+        if not self._write:
+            return []
         when = time.monotonic() if arrived is None else arrived
         settle = pending.settle if pending is not None else None
         if pending is not None:

@@ -33,6 +33,8 @@ from tap_emulator.labels import (
     FALLBACK_KINDS,
     BodyHalf,
     Direction,
+    ForwardDrop,
+    ForwardState,
     RejectReason,
     Source,
     StreamOutcome,
@@ -335,6 +337,73 @@ class Metrics:
             registry=r,
         )
 
+        # --- forwarding to forward_to ---------------------------------------------------
+        self.forwarded = Counter(
+            f"{PREFIX}_forward_messages",
+            "Traces written to the forward_to tool's StreamTaps streams",
+            registry=r,
+        )
+        self.forwarded_bytes = Counter(
+            f"{PREFIX}_forward_bytes",
+            "Bytes of the StreamTapsRequests written to the forward_to tool",
+            registry=r,
+        )
+        forward_dropped = Counter(
+            f"{PREFIX}_forward_dropped",
+            "Traces not forwarded, by reason (queue_full: the tool was slower than the mesh; "
+            "disconnected: the queue filled while the tool was unreachable); the sources are "
+            "never held back",
+            ["reason"],
+            registry=r,
+        )
+        self.forward_dropped = {reason: forward_dropped.labels(reason) for reason in ForwardDrop}
+        self.forward_confirmed = Counter(
+            f"{PREFIX}_forward_confirmed",
+            "Forwarded traces on streams the tool ended with OK",
+            registry=r,
+        )
+        self.forward_unconfirmed = Counter(
+            f"{PREFIX}_forward_unconfirmed",
+            "Forwarded traces on streams that then failed: the tool may or may not have them "
+            "(never sent again)",
+            registry=r,
+        )
+        self.forward_queue_items = Gauge(
+            f"{PREFIX}_forward_queue_items", "Traces waiting to be forwarded", registry=r
+        )
+        self.forward_queue_bytes = Gauge(
+            f"{PREFIX}_forward_queue_bytes",
+            "Bytes of the traces waiting to be forwarded",
+            registry=r,
+        )
+        self.forward_queue_capacity_items = Gauge(
+            f"{PREFIX}_forward_queue_capacity_items",
+            "Forward queue bound in traces (forward_queue_max_items; 0: forwarding off)",
+            registry=r,
+        )
+        self.forward_queue_capacity_bytes = Gauge(
+            f"{PREFIX}_forward_queue_capacity_bytes",
+            "Forward queue bound in bytes (forward_queue_max_bytes; 0: forwarding off)",
+            registry=r,
+        )
+        state = Gauge(
+            f"{PREFIX}_forward_connection_state",
+            "1 for the state the connection to forward_to is in, 0 for the others",
+            ["state"],
+            registry=r,
+        )
+        self.forward_state = {s: state.labels(s) for s in ForwardState}
+        self.forward_streams_open = Gauge(
+            f"{PREFIX}_forward_streams_open",
+            "StreamTaps streams open to the forward_to tool (one per sender: node and tap id)",
+            registry=r,
+        )
+        self.forward_streams_opened = Counter(
+            f"{PREFIX}_forward_streams_opened",
+            "StreamTaps streams opened to the forward_to tool (reconnects included)",
+            registry=r,
+        )
+
         self._callbacks = _CallbackCollector()
         r.register(self._callbacks)
 
@@ -362,3 +431,20 @@ class Metrics:
         self.queue_bytes.set_function(size_bytes)
         self.queue_capacity_items.set(capacity_items)
         self.queue_capacity_bytes.set(capacity_bytes)
+
+    def watch_forward_queue(
+        self,
+        items: Callable[[], float],
+        size_bytes: Callable[[], float],
+        capacity_items: int,
+        capacity_bytes: int,
+    ) -> None:
+        self.forward_queue_items.set_function(items)
+        self.forward_queue_bytes.set_function(size_bytes)
+        self.forward_queue_capacity_items.set(capacity_items)
+        self.forward_queue_capacity_bytes.set(capacity_bytes)
+
+    def forward_connection(self, now: ForwardState | None) -> None:
+        """Show the connection to forward_to in state `now` (None: forwarding off)."""
+        for state, gauge in self.forward_state.items():
+            gauge.set(1 if state is now else 0)

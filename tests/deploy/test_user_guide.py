@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 import yaml
-from deploy_support import EXAMPLES, REPO, Helm, run
+from deploy_support import EXAMPLES, REPO, Helm, run, validate_object
 
 README = REPO / "deploy" / "README.md"
 
@@ -92,3 +92,26 @@ def test_readme_filter_install_renders_filters_found_by_the_uninstall_check(helm
     names = [o["metadata"]["name"] for o in yaml.safe_load_all(done.stdout) if o]
     assert names
     assert all("f5-tap-" in name for name in names)
+
+
+def test_readme_bridge_install_forwards_to_the_tool_and_passes_the_kubernetes_schema(
+    helm: Helm,
+) -> None:
+    command = readme_command("helm upgrade --install pi2-analysis-emulator")
+    tool = "packet-analyzer.analysis-tools.svc.cluster.local:9000"
+    command = command.replace(
+        "<networkAnalysisToolServiceName>.<networkAnalysisToolNamespaceName>"
+        ".svc.cluster.local:<port>",
+        tool,
+    )
+    argv = shlex.split(command)
+    assert argv[1:3] == ["upgrade", "--install"]
+    done = run([helm.binary, "template", *argv[3:]])
+    assert done.returncode == 0, done.stderr
+    objects = [o for o in yaml.safe_load_all(done.stdout) if o]
+    for obj in objects:
+        validate_object(obj)
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert yaml.safe_load(config_map["data"]["config.yaml"])["forward_to"] == tool
+    services = [o["metadata"]["name"] for o in objects if o["kind"] == "Service"]
+    assert services == ["tap-emulator"]  # filter instances keep their default serviceFqdn

@@ -9,10 +9,12 @@ TLS is {"ca": PEM path, "cert": PEM path?, "key": PEM path?, "server_name": name
 it the channel is plaintext. A STREAM has
 - "messages": [ITEM,...] as in xds_client.py (protobuf JSON, or {"raw_b64":...}), or
 - "generate": {"authority": A, "trace_prefix": 16 hex digits, "count": N?, "until_file": P?,
-  "body_bytes": B?}: buffered traces with x-b3-traceid <trace_prefix><n as 16 hex>, n from 0,
-  until N are sent or file P exists (at most 100,000);
-and optionally "interval_seconds": S between messages and "hold_until_file": P (after the
-last message, keep the stream open until P exists).
+  "body_bytes": B?, "tap_id": T?}: buffered traces with x-b3-traceid <trace_prefix><n as 16
+  hex>, n from 0, until N are sent or file P exists (at most 100,000), from tap id T (default
+  hardening-inbound);
+and optionally "interval_seconds": S between messages, "hold_until_file": P (after the
+last message, keep the stream open until P exists) and "no_traces": true (leave traces_b64
+empty: long runs of generated load).
 stdout: JSON {"streams": [{"code", "details", "sent", "traces_b64"}]}, one per stream.
 """
 
@@ -50,7 +52,7 @@ def _generated(spec: dict[str, Any]) -> Any:
             return
         request = tap_pb2.StreamTapsRequest(trace_id=n + 1)
         if n == 0:
-            request.identifier.tap_id = "hardening-inbound"
+            request.identifier.tap_id = spec.get("tap_id", "hardening-inbound")
             request.identifier.node.id = "sidecar~10.0.0.9~good.ns~ns.svc.cluster.local"
         http = request.trace.http_buffered_trace
         for key, value in ((":authority", authority), ("x-b3-traceid", f"{prefix}{n:016x}")):
@@ -92,7 +94,8 @@ async def _send(channel: Any, stream: dict[str, Any], deadline_seconds: float) -
                 await asyncio.sleep(interval)
             yield raw
             sent += 1
-            traces.append(base64.b64encode(trace).decode())
+            if not stream.get("no_traces"):
+                traces.append(base64.b64encode(trace).decode())
         # The test creates the file from another process: there is no event to wait on.
         while hold is not None and not hold.exists():  # noqa: ASYNC110
             await asyncio.sleep(0.05)

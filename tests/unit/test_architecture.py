@@ -48,6 +48,13 @@ NEVER = [
     ("write", "derive", "the writer publishes bytes under a given name"),
     ("observe", "ingest", "observing does not reach into the sources"),
     ("observe", "write", "observing reads what it is given"),
+    ("forward", "ingest", "the forwarder is handed traces; it never reaches into the sources"),
+    ("forward", "derive", "the forwarder sends the bytes it is given, named by nobody"),
+    ("forward", "write", "forwarding and writing are independent of each other"),
+    *(
+        (room, "forward", "only the composition root wires the forwarder in")
+        for room in ALL - {"forward", "app", "settings", "testing", "face"}
+    ),
     *(("contract", room, "contracts import nothing of ours") for room in ALL - {"contract"}),
     *(("shared", room, "shared structures import nothing of ours") for room in ALL - {"shared"}),
     *(("captures", room, "the capture reader knows no server") for room in SERVER),

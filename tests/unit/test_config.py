@@ -20,6 +20,7 @@ from tap_emulator.config import (
     load_settings,
 )
 from tap_emulator.derive.naming import NameFormat
+from tap_emulator.forward.policy import WhenFull
 from tap_emulator.labels import Direction
 from tap_emulator.write.policy import WriteErrorPolicy, WriterMode
 
@@ -66,6 +67,15 @@ DOCUMENTED_DEFAULTS: dict[str, object] = {
     "tls_cert_file": None,
     "tls_key_file": None,
     "tls_client_ca_file": None,
+    "forward_to": "",
+    "forward_tls_ca_file": None,
+    "forward_tls_cert_file": None,
+    "forward_tls_key_file": None,
+    "forward_queue_max_items": 10_000,
+    "forward_queue_max_bytes": 64 * MiB,
+    "forward_when_full": WhenFull.DROP_OLDEST,
+    "forward_max_message_bytes": 4 * MiB,
+    "forward_max_streams": 1000,
     "correlation_max_entries": 100_000,
     "correlation_idle_seconds": 300.0,
     "drain_timeout_seconds": 20.0,
@@ -128,6 +138,15 @@ def test_example_file_loads_to_the_expected_settings() -> None:
         tls_cert_file=Path("/etc/tap-emulator/tls/tls.crt"),
         tls_key_file=Path("/etc/tap-emulator/tls/tls.key"),
         tls_client_ca_file=Path("/etc/tap-emulator/tls/ca.crt"),
+        forward_to="analysis-tool.tools.svc.cluster.local:9000",
+        forward_tls_ca_file=Path("/etc/tap-emulator/forward-tls/ca.crt"),
+        forward_tls_cert_file=Path("/etc/tap-emulator/forward-tls/tls.crt"),
+        forward_tls_key_file=Path("/etc/tap-emulator/forward-tls/tls.key"),
+        forward_queue_max_items=20_000,
+        forward_queue_max_bytes=32 * MiB,
+        forward_when_full=WhenFull.DROP_NEWEST,
+        forward_max_message_bytes=8 * MiB,
+        forward_max_streams=200,
         correlation_max_entries=50_000,
         correlation_idle_seconds=120.0,
         drain_timeout_seconds=45.5,
@@ -425,3 +444,47 @@ def test_raising_the_queue_alone_past_the_correlation_bound_is_rejected() -> Non
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().writers = 3  # type: ignore[misc]
+
+
+# --- forwarding and the pure bridge -------------------------------------------------------
+
+
+def test_empty_output_dir_with_forward_to_is_a_pure_bridge() -> None:
+    loaded = build_settings({"output_dir": "", "forward_to": "tool.tools.svc.cluster.local:9000"})
+    assert loaded.output_dir is None
+    assert loaded.forward_to == "tool.tools.svc.cluster.local:9000"
+
+
+def test_empty_output_dir_without_forward_to_is_refused_as_doing_nothing() -> None:
+    message = config_error({"output_dir": ""})
+    assert message.startswith("output_dir:")
+    assert "forward_to" in message
+
+
+def test_forward_to_must_be_host_and_port() -> None:
+    assert config_error({"forward_to": "tool.tools.svc"}).startswith("forward_to:")
+
+
+def test_forward_client_certificate_needs_its_key() -> None:
+    message = config_error(
+        {"forward_to": "127.0.0.1:9000", "forward_tls_cert_file": "/etc/tls/tls.crt"}
+    )
+    assert message.startswith("forward_tls_cert_file:")
+
+
+def test_forward_tls_files_without_forward_to_are_refused() -> None:
+    message = config_error({"forward_tls_ca_file": "/etc/tls/ca.crt"})
+    assert message.startswith("forward_tls_ca_file:")
+    assert "forward_to" in message
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "DROP_NEWEST"])
+def test_forward_when_full_takes_either_policy(policy: str) -> None:
+    loaded = build_settings({"forward_to": "127.0.0.1:9000", "forward_when_full": policy})
+    assert loaded.forward_when_full is WhenFull(policy.lower())
+
+
+def test_forward_when_full_names_the_choices_when_wrong() -> None:
+    message = config_error({"forward_when_full": "block"})
+    assert message.startswith("forward_when_full:")
+    assert "drop_oldest" in message

@@ -66,6 +66,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "tap-emulator.tlsDir" -}}/etc/tap-emulator/tls{{- end -}}
 
+{{- define "tap-emulator.forwardTlsDir" -}}/etc/tap-emulator/forward-tls{{- end -}}
+
 {{/*
 The settings file: config as given, plus what the chart derives. retention_max_bytes defaults
 to output.retentionPercent of the volume and must stay below the volume's size limit (an
@@ -91,6 +93,27 @@ emptyDir over its sizeLimit gets the pod evicted: the emulator would never see "
 {{- if .Values.tls.clientCA -}}
 {{- $_ := set $config "tls_client_ca_file" (printf "%s/ca.crt" (include "tap-emulator.tlsDir" .)) -}}
 {{- end -}}
+{{- end -}}
+{{- if .Values.forwardTo -}}
+{{- if and (get $config "forward_to") (ne (get $config "forward_to") .Values.forwardTo) -}}
+{{- fail (printf "tap-emulator: forwardTo (%s) and config.forward_to (%s) differ: set forwardTo only" .Values.forwardTo (get $config "forward_to")) -}}
+{{- end -}}
+{{- $_ := set $config "forward_to" .Values.forwardTo -}}
+{{- else if not (hasKey $config "forward_to") -}}
+{{- $_ := set $config "forward_to" "" -}}
+{{- end -}}
+{{- if .Values.forwardTLS.secretName -}}
+{{- if not (get $config "forward_to") -}}
+{{- fail "tap-emulator: forwardTLS.secretName is set but forwardTo is empty: TLS to which tool?" -}}
+{{- end -}}
+{{- $_ := set $config "forward_tls_ca_file" (printf "%s/ca.crt" (include "tap-emulator.forwardTlsDir" .)) -}}
+{{- if .Values.forwardTLS.clientCertificate -}}
+{{- $_ := set $config "forward_tls_cert_file" (printf "%s/tls.crt" (include "tap-emulator.forwardTlsDir" .)) -}}
+{{- $_ := set $config "forward_tls_key_file" (printf "%s/tls.key" (include "tap-emulator.forwardTlsDir" .)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not .Values.config.output_dir) (not (get $config "forward_to")) -}}
+{{- fail "tap-emulator: config.output_dir is empty (no files) and forwardTo is not set: the emulator would do nothing; set forwardTo (a pure bridge) or an output directory" -}}
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
