@@ -2,6 +2,10 @@
 #   docker build -t tap-emulator:0.1.0 .
 #   docker run --rm -p 9000:9000 -p 9090:9090 tap-emulator:0.1.0
 # Files are written to /tmp in the container; mount a volume there to keep them.
+# The web page listens on the container's loopback (it shows captured bodies); to open it from
+# the host, publish it on purpose:
+#   docker run --rm -p 9000:9000 -p 127.0.0.1:8080:8080 tap-emulator:0.1.0 \
+#     serve --config /etc/tap-emulator/config.yaml --ui-listen 0.0.0.0:8080
 
 # Build stage: builds the wheel and installs it, with its dependencies, into a virtualenv
 # that the final stage copies whole. Nothing else of this stage reaches the image.
