@@ -80,7 +80,7 @@ class Settings:
     ui_max_transactions: int = setting(
         10_000, "most recent transactions the web page's index holds (and the page shows)"
     )
-    # The seed's contract: files land in /tmp unless told otherwise.
+    # The user guide's contract: files land in /tmp unless told otherwise.
     output_dir: Path | None = setting(
         Path("/tmp"),  # noqa: S108
         "directory the .pb files are published in ('' writes no files: a pure bridge to "
