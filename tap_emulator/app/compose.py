@@ -209,6 +209,7 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
             settings.log_format,
         )
         pool.on_published = page.offer
+        metrics.watch_page(page)
     return Emulator(
         settings=settings,
         metrics=metrics,
