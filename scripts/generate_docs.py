@@ -28,6 +28,17 @@ def _default(name: str) -> str:
     return shown if shown else "''"
 
 
+def _size_of_default(name: str) -> str:
+    """' (64 MiB)' after a byte count a person would otherwise count the digits of."""
+    value = getattr(Settings(), name)
+    if not name.endswith("_bytes") or isinstance(value, bool) or not isinstance(value, int):
+        return ""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size and value % size == 0:
+            return f" ({value // size} {unit})"
+    return ""
+
+
 def settings_page() -> str:
     lines = [
         "# Settings",
@@ -43,7 +54,7 @@ def settings_page() -> str:
     ]
     for name, item in FIELDS.items():
         meaning = item.metadata["help"].replace("|", "\\|")
-        lines.append(f"| `{name}` | `{_default(name)}` | {meaning} |")
+        lines.append(f"| `{name}` | `{_default(name)}`{_size_of_default(name)} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 

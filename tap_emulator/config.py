@@ -80,7 +80,7 @@ class Settings:
     ui_max_transactions: int = setting(
         10_000, "most recent transactions the web page's index holds (and the page shows)"
     )
-    # The seed's contract: files land in /tmp unless told otherwise.
+    # The user guide's contract: files land in /tmp unless told otherwise.
     output_dir: Path | None = setting(
         Path("/tmp"),  # noqa: S108
         "directory the .pb files are published in ('' writes no files: a pure bridge to "
@@ -153,6 +153,7 @@ class Settings:
     on_write_error: WriteErrorPolicy = setting(
         WriteErrorPolicy.BLOCK,
         "block: retry until the disk recovers, holding senders back; drop: count and drop",
+        metavar="POLICY",
     )
     tls_cert_file: Path | None = setting(
         None, "PEM certificate chain: serve TLS on the tap port (plaintext when unset)"
@@ -549,10 +550,20 @@ def _add_flag(group: argparse._ArgumentGroup, item: dataclasses.Field[Any]) -> N
         *meta.get("flags", (f"--{item.name.replace('_', '-')}",)),
         dest=item.name,
         default=argparse.SUPPRESS,
-        metavar=meta.get("metavar", item.name.split("_")[-1].upper()),
+        metavar=meta.get("metavar", _metavar(item)),
         help=meta["help"] if required else f"{meta['help']} (default: {_shown_default(item)})",
         **extra,
     )
+
+
+def _metavar(item: dataclasses.Field[Any]) -> str:
+    """The flag's placeholder: its unit where the name ends in one (BYTES, SECONDS), COUNT for
+    a per-something limit (`max_streams_per_peer`), true|false for a switch."""
+    if item.type in (bool, "bool"):
+        return "true|false"
+    if item.name.startswith("max_") and "_per_" in item.name:
+        return "COUNT"
+    return item.name.rsplit("_", 1)[-1].upper()
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, table: type, title: str) -> None:

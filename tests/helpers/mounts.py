@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from tests.helpers.unavailable import unavailable
 
 
 @contextmanager
@@ -25,8 +25,7 @@ def tmpfs(mount_point: Path, size: str = "1m") -> Iterator[Path]:
     )
     if mounted.returncode != 0:
         reason = f"cannot mount a tmpfs here: {mounted.stderr.strip()}"
-        print(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     try:
         yield mount_point
     finally:
@@ -54,8 +53,7 @@ def ext4_image(mount_point: Path, size: str = "64M") -> Iterator[Path]:
     )
     if mounted.returncode != 0:
         reason = f"cannot loop-mount an ext4 image here: {mounted.stderr.strip()}"
-        print(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     try:
         yield mount_point
     finally:

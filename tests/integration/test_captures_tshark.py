@@ -13,6 +13,7 @@ from tap_emulator.captures.exchange import load_exchange
 from tap_emulator.captures.reader import read_transactions
 from tests.helpers.paths import REPO, VECTORS
 from tests.helpers.tshark import fields, find_or_install_tshark
+from tests.helpers.unavailable import unavailable
 
 RECORDED_PORT = "36923"  # the Envoy listener the vectors were recorded on
 DECODE_AS_HTTP = ["-d", f"tcp.port=={RECORDED_PORT},http"]
@@ -30,7 +31,7 @@ SOURCES = [
 def tshark() -> str:
     found, why = find_or_install_tshark()
     if found is None:
-        pytest.skip(why)
+        unavailable(why)
     return found
 
 

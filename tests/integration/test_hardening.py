@@ -45,6 +45,7 @@ from tests.helpers.emulator import (
 )
 from tests.helpers.h2_raw import RawH2, StreamOutcome, grpc_frame, send_garbage
 from tests.helpers.script_run import TapClientRun, tap_streams
+from tests.helpers.unavailable import unavailable
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -676,7 +677,7 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Any]:
             check=False,
         )
         if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+            unavailable(f"cannot mount a tmpfs here ({done.stderr.strip()})")
         mounted.append(point)
         return point
 

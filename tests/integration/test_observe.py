@@ -25,6 +25,7 @@ from tests.helpers.emulator import (
     wait_for,
 )
 from tests.helpers.script_run import ClientRun
+from tests.helpers.unavailable import unavailable
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -132,7 +133,7 @@ def tmpfs(tmp_path: Path) -> Any:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 

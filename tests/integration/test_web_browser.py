@@ -25,6 +25,7 @@ from tests.helpers import traces as t
 from tests.helpers.captures import AUTHORITY, buffered, request_headers
 from tests.helpers.emulator import EmulatorProcess, send_streams
 from tests.helpers.paths import REPO
+from tests.helpers.unavailable import unavailable
 from tests.helpers.web import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
@@ -46,7 +47,7 @@ TRACES = {"first": "a1" * 16, "second": "b2" * 16, "third": "c3" * 16}
 def browser_context_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     chromium, why = find_or_install_chromium()
     if chromium is None:
-        pytest.skip(why)
+        unavailable(why)
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -166,16 +166,31 @@ def page_process_of(emulator: EmulatorProcess) -> int:
     raise AssertionError(f"no page process among {children}")
 
 
+def page_handoff(emulator: EmulatorProcess) -> tuple[float, float]:
+    """What /metrics says the page was offered and missed."""
+    samples = scrape(emulator.metrics_url)
+    return (
+        metric(samples, "tap_emulator_page_files_offered_total"),
+        metric(samples, "tap_emulator_page_files_skipped_total"),
+    )
+
+
 def test_capture_goes_on_when_the_pages_process_dies(start_emulator: Any) -> None:
+    """And what the page missed while it was down is counted in /metrics."""
     emulator = start_emulator()
     page = page_process_of(emulator)
     assert Path(f"/proc/{page}/stat").read_text().split()[18] == "10"  # its nice value
+    send_one(emulator, "3" * 32)
+    assert wait_for(lambda: page_handoff(emulator) == (1, 0), timeout=10)
 
     os.kill(page, signal.SIGKILL)
     assert wait_for(lambda: "the web page's process ended" in emulator.log, timeout=10)
     send_one(emulator, "4" * 32)
 
-    assert any(f.name.startswith(t.SEED_AUTHORITY) for f in emulator.output_dir.iterdir())
+    written = [f for f in emulator.output_dir.iterdir() if f.name.startswith(t.SEED_AUTHORITY)]
+    print(f"observed: {len(written)} files; page offered, skipped: {page_handoff(emulator)}")
+    assert len(written) == 2
+    assert page_handoff(emulator) == (2, 1)
     assert emulator.stop() == 0
 
 

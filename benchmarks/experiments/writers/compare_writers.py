@@ -51,7 +51,7 @@ files, no temporary left) and removed afterwards.  Directories given with
 Reproduce (from the repository root)::
 
     python benchmarks/experiments/writers/compare_writers.py \\
-        --dir /dev/shm/writerbench --dir /work/tmp-writerbench
+        --dir /dev/shm/writerbench --dir /var/tmp/writerbench
 """
 
 from __future__ import annotations
