@@ -83,6 +83,7 @@ class PageHandoff(Protocol):
 
     offered: int  # files offered to the page
     skipped: int  # of those, files it never got
+    restarts: int  # times the page's process was started again after it ended
 
 
 class _CallbackCollector(Collector):
@@ -108,6 +109,11 @@ class _CallbackCollector(Collector):
             "Published files the web page never got (its socket was full, or it was down): "
             "on disk all the same, missing from the page's live table",
             value=page.skipped,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_page_restarts",
+            "Times the web page's process was started again after it ended",
+            value=page.restarts,
         )
 
     def _tables(self) -> Iterator[Metric]:

@@ -13,7 +13,8 @@ The hand-off: `offer` (the writers' `on_published`, on the event loop) appends a
 frames go out in one write per loop iteration. The socket and its buffer hold at most
 `MAX_BUFFER_BYTES`; while they are full, files are skipped and counted, never waited for.
 Once a second the emulator sends the numbers the page's header shows (the same as /metrics
-exports), while a page is open. If the page's process ends, capture goes on without it.
+exports), while a page is open. If the page's process ends, capture goes on without it, and
+it is started again on the same address.
 
 Frames (emulator -> page): kind (1 byte: F file, S status) and length (4 bytes, little
 endian), then for F: the publication time (f64), the sequence (u64), the stem's length (u16),
@@ -43,6 +44,8 @@ MAX_BUFFER_BYTES = 16 * 1024 * 1024
 STATUS_SECONDS = 1.0
 _START_TIMEOUT_SECONDS = 60.0
 _STOP_TIMEOUT_SECONDS = 5.0
+_RESTART_FIRST_SECONDS = 1.0
+_RESTART_MAX_SECONDS = 30.0
 PAGE_NICENESS = 10
 
 
@@ -129,6 +132,7 @@ class PageProcess:
         self._pages = 0
         self.offered = 0
         self.skipped = 0  # files the page never got: its socket was full, or it was down
+        self.restarts = 0  # times its process was started again after it ended
 
     # --- the writers' hook: constant time, never waits -----------------------------------
 
@@ -155,7 +159,16 @@ class PageProcess:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Start the process; returns the address its page listens on."""
+        """Start the process; returns the address its page listens on. From then on the
+        process is started again, on that address, whenever it ends."""
+        address = await self._spawn(host, port)
+        self._tasks = [
+            asyncio.create_task(self._send_status(), name="web-status"),
+            asyncio.create_task(self._keep_running(address), name="web-process"),
+        ]
+        return address
+
+    async def _spawn(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._ready = loop.create_future()
@@ -172,6 +185,7 @@ class PageProcess:
                 stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         except OSError as exc:
+            ours.close()
             raise PageStartError(
                 f"cannot start the page's process ({sys.executable}): {exc.strerror}"
             ) from exc
@@ -180,15 +194,10 @@ class PageProcess:
         _, self._channel = await loop.create_connection(lambda: _Channel(self._message), sock=ours)
         try:
             async with asyncio.timeout(_START_TIMEOUT_SECONDS):
-                address = await self._ready
+                return await self._ready
         except (TimeoutError, PageStartError):
-            await self.close()
+            await self._end_process()
             raise
-        self._tasks = [
-            asyncio.create_task(self._send_status(), name="web-status"),
-            asyncio.create_task(self._watch_process(), name="web-process"),
-        ]
-        return address
 
     def _message(self, message: dict[str, Any]) -> None:
         ready = self._ready
@@ -209,22 +218,40 @@ class PageProcess:
                 status["handoff"] = {"offered": self.offered, "skipped": self.skipped}
                 channel.transport.write(status_frame(status))
 
-    async def _watch_process(self) -> None:
-        assert self._process is not None
-        status = await self._process.wait()
-        log.warning(
-            "the web page's process ended (exit status %s): the page is down; capture goes on",
-            status,
-        )
-        self._channel = None
+    async def _keep_running(self, address: tuple[str, int]) -> None:
+        """Whenever the process ends, start it again on the same address (a page left open in
+        a browser reconnects by itself), after a pause that doubles while starts keep failing
+        or the process keeps dying young. Files published meanwhile are skipped and counted;
+        capture never waits for this."""
+        pause = _RESTART_FIRST_SECONDS
+        while True:
+            assert self._process is not None
+            started = time.monotonic()
+            status = await self._process.wait()
+            self._channel = None
+            if time.monotonic() - started > _RESTART_MAX_SECONDS:
+                pause = _RESTART_FIRST_SECONDS  # it ran a good while: not a crash loop
+            log.warning(
+                "the web page's process ended (exit status %s): the page is down, capture "
+                "goes on; starting it again in %.0fs",
+                status,
+                pause,
+            )
+            while True:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RESTART_MAX_SECONDS)
+                try:
+                    await self._spawn(*address)
+                except (PageStartError, TimeoutError, OSError) as exc:
+                    log.warning(
+                        "the web page did not start again: %s; next try in %.0fs", exc, pause
+                    )
+                    continue
+                self.restarts += 1
+                log.info("the web page is back on %s", _address(*address))
+                break
 
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+    async def _end_process(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None and channel.transport is not None:
             channel.transport.close()  # end of input: the page's process stops by itself
@@ -236,6 +263,15 @@ class PageProcess:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._end_process()
 
 
 def _address(host: str, port: int) -> str:

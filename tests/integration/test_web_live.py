@@ -166,31 +166,49 @@ def page_process_of(emulator: EmulatorProcess) -> int:
     raise AssertionError(f"no page process among {children}")
 
 
-def page_handoff(emulator: EmulatorProcess) -> tuple[float, float]:
-    """What /metrics says the page was offered and missed."""
+def page_handoff(emulator: EmulatorProcess) -> tuple[float, float, float]:
+    """What /metrics says the page was offered, missed, and how often it was restarted."""
     samples = scrape(emulator.metrics_url)
     return (
         metric(samples, "tap_emulator_page_files_offered_total"),
         metric(samples, "tap_emulator_page_files_skipped_total"),
+        metric(samples, "tap_emulator_page_restarts_total"),
     )
 
 
-def test_capture_goes_on_when_the_pages_process_dies(start_emulator: Any) -> None:
-    """And what the page missed while it was down is counted in /metrics."""
+def traces_on_page(emulator: EmulatorProcess) -> set[str]:
+    return {row["trace"] for row in rows(emulator)}
+
+
+def test_when_the_pages_process_dies_capture_goes_on_and_the_page_comes_back(
+    start_emulator: Any,
+) -> None:
+    """What the page missed while it was down is counted in /metrics; it comes back on the
+    same address and shows what is published after."""
     emulator = start_emulator()
     page = page_process_of(emulator)
     assert Path(f"/proc/{page}/stat").read_text().split()[18] == "10"  # its nice value
-    send_one(emulator, "3" * 32)
-    assert wait_for(lambda: page_handoff(emulator) == (1, 0), timeout=10)
+    before, while_down, after = "3" * 32, "4" * 32, "5" * 32
+    send_one(emulator, before)
+    assert wait_for(lambda: page_handoff(emulator) == (1, 0, 0), timeout=10)
 
     os.kill(page, signal.SIGKILL)
     assert wait_for(lambda: "the web page's process ended" in emulator.log, timeout=10)
-    send_one(emulator, "4" * 32)
+    send_one(emulator, while_down)
+    assert wait_for(lambda: "the web page is back on" in emulator.log, timeout=30)
+    send_one(emulator, after)
+    assert wait_for(lambda: after in traces_on_page(emulator), timeout=10)
 
     written = [f for f in emulator.output_dir.iterdir() if f.name.startswith(t.SEED_AUTHORITY)]
-    print(f"observed: {len(written)} files; page offered, skipped: {page_handoff(emulator)}")
-    assert len(written) == 2
-    assert page_handoff(emulator) == (2, 1)
+    shown, (offered, skipped, restarts) = traces_on_page(emulator), page_handoff(emulator)
+    print(f"observed: {len(written)} files; on the page {sorted(shown)}; offered {offered}, "
+          f"skipped {skipped}, restarts {restarts}")  # fmt: skip
+    assert len(written) == 3
+    assert page_process_of(emulator) != page
+    assert (offered, restarts) == (3, 1)
+    assert before not in shown  # the new process starts empty
+    # The file sent while the page was down reached the restarted page or was counted skipped.
+    assert skipped + (while_down in shown) == 1
     assert emulator.stop() == 0
 
 
