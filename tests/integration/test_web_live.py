@@ -71,11 +71,11 @@ def test_a_trace_sent_shows_in_the_table_detail_and_downloads(start_emulator: An
         assert r.read(4) == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
 
 
-def files_per_second(emulator: EmulatorProcess, streams: int, per_stream: int) -> float:
-    """Publish `streams * per_stream` generated traces; the server's files/s while it did."""
+def publish(emulator: EmulatorProcess, streams: int, per_stream: int) -> None:
+    """Send `streams * per_stream` generated traces; every stream answered OK, every file
+    written."""
     name = "tap_emulator_files_written_total"
     before = metric(scrape(emulator.metrics_url), name)
-    target = before + streams * per_stream
     prefix = f"{int(before):016x}"[-16:]
     client = TapClientRun(
         {
@@ -93,17 +93,8 @@ def files_per_second(emulator: EmulatorProcess, streams: int, per_stream: int) -
             ],
         }
     )
-    started = None
-    while True:
-        now = metric(scrape(emulator.metrics_url), name)
-        if started is None and now > before:
-            started, first = time.monotonic(), now
-        if now >= target:
-            break
-        time.sleep(0.02)
     assert all(s["code"] == "OK" for s in client.streams(300))
-    assert started is not None
-    return (target - first) / max(time.monotonic() - started, 1e-3)
+    assert metric(scrape(emulator.metrics_url), name) == before + streams * per_stream
 
 
 def lagged(emulator: EmulatorProcess) -> int:
@@ -111,34 +102,28 @@ def lagged(emulator: EmulatorProcess) -> int:
     return count
 
 
-def test_a_page_that_stops_reading_does_not_slow_publication(start_emulator: Any) -> None:
+def test_a_page_that_stops_reading_is_told_it_lagged_and_holds_nothing_back(
+    start_emulator: Any,
+) -> None:
+    """A page that asks for the event stream and never reads it: every trace is still
+    answered and written, and the page is told it lagged instead of being waited for. What
+    it costs publication is measured side by side in `benchmarks/web/page_open.py --stalled`."""
     emulator = start_emulator()
-    files_per_second(emulator, 4, 500)  # warm up: connections, caches, the index
-    # Alternated, best of two each: this machine is shared, so one run says little.
-    with_stalled, without = [], []
-    for _ in range(2):
-        without.append(files_per_second(emulator, 4, 2500))
-        lagged_before = lagged(emulator)
-        stalled = open_stalled_event_stream(emulator.ui_url)
-        try:
-            with_stalled.append(files_per_second(emulator, 4, 2500))
-            status = get_json(f"{emulator.ui_url}api/status")
-            # However large the kernel's buffers grew, more traffic overflows the page's queue.
-            for _ in range(20):
-                if lagged(emulator) > lagged_before:
-                    break
-                files_per_second(emulator, 4, 500)
-            told = read_until(stalled, b"event: lagged")
-        finally:
-            stalled.close()
-        assert b"event: lagged" in told, "the stalled page was never told it lagged"
-
-    ratio = max(with_stalled) / max(without)
-    print(
-        f"files/s without a page: {without}, with a page that never reads: {with_stalled} "
-        f"(best-of-two ratio {ratio:.2f}); index {status['index']}; pages {status['pages']}"
-    )
-    assert ratio > 0.6
+    lagged_before = lagged(emulator)
+    stalled = open_stalled_event_stream(emulator.ui_url)
+    try:
+        sent = 0
+        # However large the kernel's buffers grew, more traffic overflows the page's queue.
+        while lagged(emulator) == lagged_before and sent < 40_000:
+            publish(emulator, 4, 500)
+            sent += 2000
+        told = read_until(stalled, b"event: lagged")
+    finally:
+        stalled.close()
+    status = get_json(f"{emulator.ui_url}api/status")
+    print(f"observed: {sent} traces published beside a stalled page; pages {status['pages']}")
+    assert lagged(emulator) > lagged_before
+    assert b"event: lagged" in told, "the stalled page was never told it lagged"
     assert emulator.process is not None and emulator.process.poll() is None
 
 
