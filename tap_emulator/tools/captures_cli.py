@@ -11,15 +11,18 @@ or nothing matched `show`, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 DEFAULT_SORT_MAX = 200_000
+STDOUT = Path("-")  # `-o -`
 
 
 def _add_reading(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +41,9 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="streamed transactions held open at once before the oldest is flushed (default 20000)",
     )
+
+
+_OUTPUT_HELP = "the file to write; - for standard output"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,13 +88,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     kinds = export.add_subparsers(dest="export_kind", required=True, metavar="KIND")
     har = kinds.add_parser("har", help="HAR 1.2, one entry per transaction")
     _add_reading(har)
-    har.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    har.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help=_OUTPUT_HELP)
     har.set_defaults(run=run_export_har)
     pcap = kinds.add_parser(
         "pcap", help="pcapng: a synthesized TCP connection per transaction (HTTP/1.1 or h2c)"
     )
     _add_reading(pcap)
-    pcap.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    pcap.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help=_OUTPUT_HELP)
     pcap.add_argument(
         "--placeholder-addresses",
         action="store_true",
@@ -106,6 +112,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 class _UsageError(Exception):
     """Bad arguments; the message says which."""
+
+
+def _output_name(path: Path) -> str:
+    return "standard output" if path == STDOUT else str(path)
+
+
+@contextlib.contextmanager
+def _output(path: Path, binary: bool) -> Iterator[IO[Any]]:
+    """`path` opened for writing, or standard output for `-` (left open: it is not ours)."""
+    try:
+        if path != STDOUT:
+            opened = path.open("wb") if binary else path.open("w", encoding="utf-8")
+            with opened as out:
+                yield out
+            return
+        if binary and sys.stdout.isatty():
+            raise _UsageError("standard output is a terminal: pipe it or name a file with -o")
+        if not binary and isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(encoding="utf-8")  # HAR is UTF-8 whatever the locale
+        stdout: IO[Any] = sys.stdout.buffer if binary else sys.stdout
+        yield stdout
+        stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader of standard output left: the command line ends quietly
+    except OSError as exc:
+        raise _UsageError(f"{_output_name(path)}: cannot write: {exc.strerror}") from exc
 
 
 def _selection(args: argparse.Namespace) -> Any:
@@ -245,12 +277,10 @@ def run_export_har(args: argparse.Namespace) -> int:
         from tap_emulator.captures.export import loaded, write_har
 
         run = _Run(args, "export har")
-        try:
-            with args.output.open("w", encoding="utf-8") as out:
-                count = write_har(loaded(run.transactions()), out)
-        except OSError as exc:
-            raise _UsageError(f"{args.output}: cannot write: {exc.strerror}") from exc
-        print(f"tap-emulator export har: {count} entries in {args.output}", file=sys.stderr)
+        with _output(args.output, binary=False) as out:
+            count = write_har(loaded(run.transactions()), out)
+        where = _output_name(args.output)
+        print(f"tap-emulator export har: {count} entries in {where}", file=sys.stderr)
         return run.finish()
 
     return _guarded("export har", body)
@@ -261,29 +291,28 @@ def run_export_pcap(args: argparse.Namespace) -> int:
         from tap_emulator.captures.export import PcapExport
 
         run = _Run(args, "export pcap")
-        try:
-            with args.output.open("wb") as out:
-                export = PcapExport(
-                    out,
-                    placeholder_addresses=args.placeholder_addresses,
-                    http_version=args.http_version,
-                )
-                for transaction in run.transactions():
-                    export.add(transaction)
-        except OSError as exc:
-            raise _UsageError(f"{args.output}: cannot write: {exc.strerror}") from exc
+        with _output(args.output, binary=True) as out:
+            export = PcapExport(
+                cast(BinaryIO, out),
+                placeholder_addresses=args.placeholder_addresses,
+                http_version=args.http_version,
+            )
+            for transaction in run.transactions():
+                export.add(transaction)
+        where = _output_name(args.output)
         print(
             f"tap-emulator export pcap: {export.connections} connections, "
-            f"{export.packets} packets in {args.output}",
+            f"{export.packets} packets in {where}",
             file=sys.stderr,
         )
         if export.http2_ports:
             ports = sorted(export.http2_ports)
             decode_as = " ".join(f"-d tcp.port=={port},http" for port in ports)
+            opened = "FILE" if args.output == STDOUT else args.output
             print(
                 f"tap-emulator export pcap: HTTP/2 on TCP port(s) {', '.join(map(str, ports))}"
                 ": Wireshark finds HTTP/1.1 on any port but HTTP/2 only on HTTP's own ports; "
-                f"open with `wireshark {decode_as} {args.output}` (Decode As: HTTP), "
+                f"open with `wireshark {decode_as} {opened}` (Decode As: HTTP), "
                 "or export with --placeholder-addresses",
                 file=sys.stderr,
             )

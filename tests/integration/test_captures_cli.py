@@ -33,6 +33,17 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def command_bytes(where: Path, *args: str | Path) -> subprocess.CompletedProcess[bytes]:
+    """The command run in `where`, its output kept as bytes."""
+    return subprocess.run(
+        [sys.executable, "-m", "tap_emulator", *map(str, args)],
+        capture_output=True,
+        timeout=120,
+        cwd=where,
+        check=False,
+    )
+
+
 # --- list, show, export on the vectors --------------------------------------------------
 
 
@@ -95,6 +106,20 @@ def test_bad_arguments_are_named(vectors: Path) -> None:
 
     assert run.returncode == 2
     assert "--status '6xx'" in run.stderr
+
+
+def test_output_dash_is_standard_output_for_har_and_pcap(vectors: Path, tmp_path: Path) -> None:
+    source = vectors / "buffered"
+    har = command_bytes(tmp_path, "export", "har", source, "-o", "-")
+    pcap = command_bytes(tmp_path, "export", "pcap", source, "-o", "-")
+    to_file = command_bytes(tmp_path, "export", "pcap", source, "-o", "capture.pcapng")
+
+    assert har.returncode == pcap.returncode == to_file.returncode == 0, har.stderr + pcap.stderr
+    assert len(json.loads(har.stdout)["log"]["entries"]) == 39
+    assert b"39 entries in standard output" in har.stderr
+    assert pcap.stdout[:4] == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
+    assert pcap.stdout == (tmp_path / "capture.pcapng").read_bytes()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["capture.pcapng"]
 
 
 # --- the emulator's own output ----------------------------------------------------------
