@@ -46,6 +46,15 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
 _OUTPUT_HELP = "the file to write; - for standard output"
 
 
+def _add_http_version(parser: argparse.ArgumentParser, auto_help: str) -> None:
+    parser.add_argument(
+        "--http-version",
+        choices=("auto", "1.1", "2"),
+        default="auto",
+        help=f"{auto_help}; 1.1 or 2: every transaction so",
+    )
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing = commands.add_parser(
         "list",
@@ -89,6 +98,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     har = kinds.add_parser("har", help="HAR 1.2, one entry per transaction")
     _add_reading(har)
     har.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help=_OUTPUT_HELP)
+    _add_http_version(har, "auto (default): as recorded (gRPC: HTTP/2), else HTTP/1.1")
     har.set_defaults(run=run_export_har)
     pcap = kinds.add_parser(
         "pcap", help="pcapng: a synthesized TCP connection per transaction (HTTP/1.1 or h2c)"
@@ -101,12 +111,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="use documentation addresses (server port 80) even where addresses were "
         "recorded, so that Wireshark needs no Decode As for HTTP/2",
     )
-    pcap.add_argument(
-        "--http-version",
-        choices=("auto", "1.1", "2"),
-        default="auto",
-        help="auto (default): HTTP/2 where recorded as such (gRPC), else HTTP/1.1",
-    )
+    _add_http_version(pcap, "auto (default): HTTP/2 where recorded as such (gRPC), else HTTP/1.1")
     pcap.set_defaults(run=run_export_pcap)
 
 
@@ -168,6 +173,7 @@ class _Run:
         self.report = ReadReport()
         self.shown = 0
         self.total = 0
+        self.unversioned = 0  # shown transactions whose HTTP version nothing recorded
 
     def _complain(self, why: str) -> None:
         if self.report.unreadable_files <= 20:
@@ -183,6 +189,8 @@ class _Run:
             self.total += 1
             if self.selection.matches(transaction):
                 self.shown += 1
+                if transaction.http_version is None:
+                    self.unversioned += 1
                 yield transaction
 
     def finish(self) -> int:
@@ -194,6 +202,16 @@ class _Run:
             notes.append(f"{report.unreadable_files} unreadable")
         print(f"tap-emulator {self.command}: " + ", ".join(notes), file=sys.stderr)
         return EXIT_PROBLEM if report.unreadable_files else 0
+
+    def tell_guessed_versions(self) -> None:
+        """Say, once, how many were written as HTTP/1.1 for want of a recorded version."""
+        if self.args.http_version == "auto" and self.unversioned:
+            print(
+                f"tap-emulator {self.command}: {self.unversioned} transactions had no recorded "
+                "HTTP version and were written as HTTP/1.1: if the traffic was HTTP/2, "
+                "export with --http-version 2",
+                file=sys.stderr,
+            )
 
 
 def _guarded(command: str, body: Any) -> int:
@@ -278,9 +296,10 @@ def run_export_har(args: argparse.Namespace) -> int:
 
         run = _Run(args, "export har")
         with _output(args.output, binary=False) as out:
-            count = write_har(loaded(run.transactions()), out)
+            count = write_har(loaded(run.transactions()), out, args.http_version)
         where = _output_name(args.output)
         print(f"tap-emulator export har: {count} entries in {where}", file=sys.stderr)
+        run.tell_guessed_versions()
         return run.finish()
 
     return _guarded("export har", body)
@@ -316,6 +335,7 @@ def run_export_pcap(args: argparse.Namespace) -> int:
                 "or export with --placeholder-addresses",
                 file=sys.stderr,
             )
+        run.tell_guessed_versions()
         return run.finish()
 
     return _guarded("export pcap", body)

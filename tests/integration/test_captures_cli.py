@@ -122,6 +122,36 @@ def test_output_dash_is_standard_output_for_har_and_pcap(vectors: Path, tmp_path
     assert sorted(path.name for path in tmp_path.iterdir()) == ["capture.pcapng"]
 
 
+def test_exports_say_once_how_many_were_written_as_http1_for_want_of_a_version(
+    vectors: Path, tmp_path: Path
+) -> None:
+    plain_h2 = [vectors / "buffered" / f"{name}.pb" for name in ("h2_get_b3", "h2_post_b3")]
+    grpc = vectors / "buffered" / "grpc_unary_trailers.pb"  # HTTP/2, as gRPC always is
+    har = command("export", "har", *plain_h2, grpc, "-o", tmp_path / "guessed.har")
+    pcap = command("export", "pcap", *plain_h2, grpc, "-o", tmp_path / "guessed.pcapng")
+    told = command("export", "pcap", *plain_h2, "--http-version", "2", "-o", tmp_path / "h2.pcapng")
+
+    for run in (har, pcap):
+        assert run.returncode == 0, run.stderr
+        [note] = [line for line in run.stderr.splitlines() if "no recorded HTTP version" in line]
+        assert note.split(": ", 1)[1].startswith("2 transactions had no recorded HTTP version")
+        assert "written as HTTP/1.1" in note and "--http-version 2" in note
+    assert told.returncode == 0 and "no recorded HTTP version" not in told.stderr
+
+
+def test_export_har_writes_the_http_version_asked_for(vectors: Path) -> None:
+    source = vectors / "buffered" / "h2_get_b3.pb"
+    guessed = command("export", "har", source, "-o", "-")
+    told = command("export", "har", source, "--http-version", "2", "-o", "-")
+
+    [guessed_entry] = json.loads(guessed.stdout)["log"]["entries"]
+    [told_entry] = json.loads(told.stdout)["log"]["entries"]
+    assert guessed_entry["request"]["httpVersion"] == "HTTP/1.1"
+    assert "HTTP version not recorded; HTTP/1.1 assumed" in guessed_entry["comment"]
+    assert told_entry["request"]["httpVersion"] == told_entry["response"]["httpVersion"] == "HTTP/2"
+    assert "HTTP version not recorded; HTTP/2 as asked" in told_entry["comment"]
+
+
 # --- the emulator's own output ----------------------------------------------------------
 
 
