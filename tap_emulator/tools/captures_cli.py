@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import sys
@@ -34,6 +35,12 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
     chosen.add_argument("--trace", metavar="ID", help="a trace id (header, file name or Envoy's)")
     chosen.add_argument("--status", help="HTTP status: 404, 5xx, 2xx,304, none (no response)")
     chosen.add_argument("--since", metavar="T", help="ISO 8601 time, or a span back: 15m, 2h")
+    parser.add_argument(
+        "--direction",
+        choices=("inbound", "outbound"),
+        help="the direction of transactions whose files do not tell it (Envoy's own files, "
+        "rejected requests): for a directory known to be one side; known ones are kept",
+    )
     chosen.add_argument(
         "--max-open",
         type=int,
@@ -187,6 +194,8 @@ class _Run:
             self.args.paths, self.report, on_unreadable=self._complain, **options
         ):
             self.total += 1
+            if self.args.direction is not None and transaction.direction == "unknown":
+                transaction = dataclasses.replace(transaction, direction=self.args.direction)
             if self.selection.matches(transaction):
                 self.shown += 1
                 if transaction.http_version is None:

@@ -11,7 +11,14 @@ from typing import Any
 
 from tap_emulator.captures.exchange import load_exchange
 from tap_emulator.captures.reader import read_transactions
-from tests.helpers.captures import AUTHORITY, B3, PAIRED_CASES
+from tests.helpers.captures import (
+    AUTHORITY,
+    B3,
+    PAIRED_CASES,
+    buffered,
+    request_headers,
+    write_emulator_pieces,
+)
 from tests.helpers.emulator import published
 from tests.helpers.paths import REPO
 
@@ -99,6 +106,29 @@ def test_show_says_when_nothing_matched(vectors: Path) -> None:
 
     assert run.returncode == 1
     assert "no transaction matched" in run.stderr
+
+
+def test_direction_sets_the_unknown_ones_and_keeps_the_known(vectors: Path, tmp_path: Path) -> None:
+    # Named by an emulator whose prefix is the authority: inbound, proven by the name.
+    answered = buffered(request_headers(), [(":status", "200")])
+    [inbound] = write_emulator_pieces(tmp_path, f"{AUTHORITY}-{B3}", [answered])
+    envoys = vectors / "buffered"
+    plain = command("list", envoys, inbound, "--format", "json")
+    told = command("list", envoys, inbound, "--format", "json", "--direction", "outbound")
+    shown = command("show", inbound, envoys / "h1_get_b3.pb", "--direction", "outbound")
+
+    assert told.returncode == 0, told.stderr
+    direction = {row["files"][0]: row["direction"] for row in json_lines(plain.stdout)}
+    told_direction = {row["files"][0]: row["direction"] for row in json_lines(told.stdout)}
+    assert direction.pop(str(inbound)) == told_direction.pop(str(inbound)) == "inbound"
+    assert len(direction) == 39 and set(direction.values()) == {"unknown"}
+    assert told_direction.keys() == direction.keys()
+    assert set(told_direction.values()) == {"outbound"}
+    facts = [line.split(";")[0].split() for line in shown.stdout.splitlines()]
+    assert sorted(words[1] for words in facts if words[:1] == ["direction"]) == [
+        "inbound",
+        "outbound",
+    ]
 
 
 def test_bad_arguments_are_named(vectors: Path) -> None:
