@@ -20,6 +20,7 @@ from tests.helpers.captures import (
     write_emulator_pieces,
 )
 from tests.helpers.emulator import published
+from tests.helpers.har_schema import assert_valid_har
 from tests.helpers.paths import REPO
 
 CAPTURE_DIRS = ("buffered", "streamed", "streamed_raw")
@@ -237,6 +238,12 @@ def test_req_res_halves_from_the_emulator_pair_up_again(start_emulator: Any, vec
     replay_into(emulator, vectors / "buffered" / "h1_post_large_b3.pb")
     [transaction] = list(read_transactions([emulator.output_dir]))
 
+    har = command("export", "har", emulator.output_dir, "-o", "-")
+
     assert transaction.complete and len(transaction.files) == 2
     assert {Path(f).name.rsplit("-", 2)[1] for f in transaction.files} == {"req", "res"}
     assert transaction.request_body_bytes == transaction.response_body_bytes == 1024
+    assert har.returncode == 0, har.stderr
+    assert_valid_har(json.loads(har.stdout))
+    [entry] = json.loads(har.stdout)["log"]["entries"]
+    assert sorted(entry["_tapEmulator"]["files"]) == sorted(transaction.files)
