@@ -4,6 +4,7 @@ Envoy vectors, and on a real emulator's own output after replaying the vectors i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,26 @@ def test_list_sorts_by_time_when_asked(vectors: Path) -> None:
 
     times = [row["time"] for row in json_lines(run.stdout)]
     assert times == sorted(times) and len(times) == 39
+
+
+def test_since_keeps_what_is_newer_by_recorded_time_or_file_time(
+    vectors: Path, tmp_path: Path
+) -> None:
+    # The buffered vectors were recorded on 2026-11-24; a copied streamed one has no recorded
+    # time and is timed by its file's modification time: the copy's, now.
+    fresh = tmp_path / "h1_get_b3.pb_length_delimited"
+    shutil.copyfile(vectors / "streamed" / fresh.name, fresh)
+    recent = command("list", vectors / "buffered", fresh, "--since", "1h", "--format", "json")
+    since_then = command(
+        "list", vectors / "buffered", fresh, "--since", "2026-11-24T00:00:00Z", "--format", "json"
+    )
+    later = command("list", vectors / "buffered", "--since", "2026-11-25", "--format", "json")
+
+    assert recent.returncode == since_then.returncode == later.returncode == 0, recent.stderr
+    assert [row["files"] for row in json_lines(recent.stdout)] == [[str(fresh)]]
+    assert len(json_lines(since_then.stdout)) == 39 + 1
+    assert json_lines(later.stdout) == []
+    assert "0 of 39 transactions" in later.stderr
 
 
 def test_show_prints_one_transaction_by_its_trace_id(vectors: Path) -> None:
