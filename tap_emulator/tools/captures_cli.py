@@ -24,6 +24,7 @@ EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 DEFAULT_SORT_MAX = 200_000
 STDOUT = Path("-")  # `-o -`
+_OUTPUT_HELP = "the file to write; - for standard output"
 
 
 def _add_reading(parser: argparse.ArgumentParser) -> None:
@@ -48,9 +49,6 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="streamed transactions held open at once before the oldest is flushed (default 20000)",
     )
-
-
-_OUTPUT_HELP = "the file to write; - for standard output"
 
 
 def _add_http_version(parser: argparse.ArgumentParser, auto_help: str) -> None:
