@@ -92,16 +92,19 @@ def _query(path: str | None) -> list[dict[str, str]]:
     return [{"name": name, "value": value} for name, value in parse_qsl(query, True)]
 
 
-def _version(exchange: Exchange) -> str:
+def _version(exchange: Exchange, http_version: str) -> str:
+    """`http_version` auto: as recorded, else HTTP/1.1; `1.1` or `2`: that one."""
+    if http_version != "auto":
+        return "HTTP/2" if http_version == "2" else "HTTP/1.1"
     return exchange.transaction.http_version or "HTTP/1.1"
 
 
-def _har_request(exchange: Exchange) -> dict[str, Any]:
+def _har_request(exchange: Exchange, http_version: str) -> dict[str, Any]:
     request = exchange.request
     entry: dict[str, Any] = {
         "method": request.header(":method") or "",
         "url": _url(request),
-        "httpVersion": _version(exchange),
+        "httpVersion": _version(exchange, http_version),
         "cookies": [],
         "headers": _har_headers(request.headers),
         "queryString": _query(request.header(":path")),
@@ -128,13 +131,13 @@ def _status_text(status: int) -> str:
         return ""
 
 
-def _har_response(exchange: Exchange) -> dict[str, Any]:
+def _har_response(exchange: Exchange, http_version: str) -> dict[str, Any]:
     response = exchange.response
     status = exchange.transaction.status or 0
     entry: dict[str, Any] = {
         "status": status,
         "statusText": _status_text(status) if status else "",
-        "httpVersion": _version(exchange),
+        "httpVersion": _version(exchange, http_version),
         "cookies": [],
         "headers": _har_headers(response.headers),
         "content": _har_content(response),
@@ -147,10 +150,11 @@ def _har_response(exchange: Exchange) -> dict[str, Any]:
     return entry
 
 
-def _har_comment(exchange: Exchange) -> str:
+def _har_comment(exchange: Exchange, http_version: str) -> str:
     notes = describe(exchange).notes
     if exchange.transaction.http_version is None:
-        notes.append("HTTP version not recorded; HTTP/1.1 assumed")
+        how = "assumed" if http_version == "auto" else "as asked"
+        notes.append(f"HTTP version not recorded; {_version(exchange, http_version)} {how}")
     if exchange.transaction.duration_seconds is None:
         notes.append("timings not recorded")
     if exchange.transaction.time_source == "file_mtime":
@@ -158,15 +162,15 @@ def _har_comment(exchange: Exchange) -> str:
     return "; ".join(notes)
 
 
-def har_entry(exchange: Exchange) -> dict[str, Any]:
-    """One HAR 1.2 entry."""
+def har_entry(exchange: Exchange, http_version: str = "auto") -> dict[str, Any]:
+    """One HAR 1.2 entry; `http_version` as `_version` takes it."""
     transaction = exchange.transaction
     wait_ms = (transaction.duration_seconds or 0.0) * 1000
     entry: dict[str, Any] = {
         "startedDateTime": _iso(transaction.time),
         "time": wait_ms,
-        "request": _har_request(exchange),
-        "response": _har_response(exchange),
+        "request": _har_request(exchange, http_version),
+        "response": _har_response(exchange, http_version),
         "cache": {},
         "timings": {"send": 0, "wait": wait_ms, "receive": 0},
     }
@@ -174,7 +178,7 @@ def har_entry(exchange: Exchange) -> dict[str, Any]:
         entry["serverIPAddress"] = exchange.server.host
     if exchange.client is not None:
         entry["connection"] = f"{exchange.client.host}:{exchange.client.port}"
-    comment = _har_comment(exchange)
+    comment = _har_comment(exchange, http_version)
     if comment:
         entry["comment"] = comment
     entry["_tapEmulator"] = {
@@ -188,7 +192,7 @@ def har_entry(exchange: Exchange) -> dict[str, Any]:
     return entry
 
 
-def write_har(exchanges: Iterable[Exchange], out: IO[str]) -> int:
+def write_har(exchanges: Iterable[Exchange], out: IO[str], http_version: str = "auto") -> int:
     """Write a HAR 1.2 log of `exchanges`, entry by entry; returns the number of entries."""
     creator = {"name": "tap-emulator", "version": __version__}
     out.write('{"log": {"version": "1.2", "creator": ' + json.dumps(creator))
@@ -197,7 +201,7 @@ def write_har(exchanges: Iterable[Exchange], out: IO[str]) -> int:
     for exchange in exchanges:
         if count:
             out.write(",\n")
-        out.write(json.dumps(har_entry(exchange), ensure_ascii=False))
+        out.write(json.dumps(har_entry(exchange, http_version), ensure_ascii=False))
         count += 1
     out.write("\n]}}\n")
     return count

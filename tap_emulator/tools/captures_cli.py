@@ -11,15 +11,20 @@ or nothing matched `show`, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import io
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 DEFAULT_SORT_MAX = 200_000
+STDOUT = Path("-")  # `-o -`
+_OUTPUT_HELP = "the file to write; - for standard output"
 
 
 def _add_reading(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +36,27 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
     chosen.add_argument("--trace", metavar="ID", help="a trace id (header, file name or Envoy's)")
     chosen.add_argument("--status", help="HTTP status: 404, 5xx, 2xx,304, none (no response)")
     chosen.add_argument("--since", metavar="T", help="ISO 8601 time, or a span back: 15m, 2h")
+    parser.add_argument(
+        "--direction",
+        choices=("inbound", "outbound"),
+        help="the direction of transactions whose files do not tell it (Envoy's own files, "
+        "rejected requests): for a directory known to be one side; known ones are kept",
+    )
     chosen.add_argument(
         "--max-open",
         type=int,
         default=None,
         metavar="N",
         help="streamed transactions held open at once before the oldest is flushed (default 20000)",
+    )
+
+
+def _add_http_version(parser: argparse.ArgumentParser, auto_help: str) -> None:
+    parser.add_argument(
+        "--http-version",
+        choices=("auto", "1.1", "2"),
+        default="auto",
+        help=f"{auto_help}; 1.1 or 2: every transaction so",
     )
 
 
@@ -82,30 +102,52 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     kinds = export.add_subparsers(dest="export_kind", required=True, metavar="KIND")
     har = kinds.add_parser("har", help="HAR 1.2, one entry per transaction")
     _add_reading(har)
-    har.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    har.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help=_OUTPUT_HELP)
+    _add_http_version(har, "auto (default): as recorded (gRPC: HTTP/2), else HTTP/1.1")
     har.set_defaults(run=run_export_har)
     pcap = kinds.add_parser(
         "pcap", help="pcapng: a synthesized TCP connection per transaction (HTTP/1.1 or h2c)"
     )
     _add_reading(pcap)
-    pcap.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    pcap.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help=_OUTPUT_HELP)
     pcap.add_argument(
         "--placeholder-addresses",
         action="store_true",
         help="use documentation addresses (server port 80) even where addresses were "
         "recorded, so that Wireshark needs no Decode As for HTTP/2",
     )
-    pcap.add_argument(
-        "--http-version",
-        choices=("auto", "1.1", "2"),
-        default="auto",
-        help="auto (default): HTTP/2 where recorded as such (gRPC), else HTTP/1.1",
-    )
+    _add_http_version(pcap, "auto (default): HTTP/2 where recorded as such (gRPC), else HTTP/1.1")
     pcap.set_defaults(run=run_export_pcap)
 
 
 class _UsageError(Exception):
     """Bad arguments; the message says which."""
+
+
+def _output_name(path: Path) -> str:
+    return "standard output" if path == STDOUT else str(path)
+
+
+@contextlib.contextmanager
+def _output(path: Path, binary: bool) -> Iterator[IO[Any]]:
+    """`path` opened for writing, or standard output for `-` (left open: it is not ours)."""
+    try:
+        if path != STDOUT:
+            opened = path.open("wb") if binary else path.open("w", encoding="utf-8")
+            with opened as out:
+                yield out
+            return
+        if binary and sys.stdout.isatty():
+            raise _UsageError("standard output is a terminal: pipe it or name a file with -o")
+        if not binary and isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(encoding="utf-8")  # HAR is UTF-8 whatever the locale
+        stdout: IO[Any] = sys.stdout.buffer if binary else sys.stdout
+        yield stdout
+        stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader of standard output left: the command line ends quietly
+    except OSError as exc:
+        raise _UsageError(f"{_output_name(path)}: cannot write: {exc.strerror}") from exc
 
 
 def _selection(args: argparse.Namespace) -> Any:
@@ -136,6 +178,7 @@ class _Run:
         self.report = ReadReport()
         self.shown = 0
         self.total = 0
+        self.unversioned = 0  # shown transactions whose HTTP version nothing recorded
 
     def _complain(self, why: str) -> None:
         if self.report.unreadable_files <= 20:
@@ -149,8 +192,12 @@ class _Run:
             self.args.paths, self.report, on_unreadable=self._complain, **options
         ):
             self.total += 1
+            if self.args.direction is not None and transaction.direction == "unknown":
+                transaction = dataclasses.replace(transaction, direction=self.args.direction)
             if self.selection.matches(transaction):
                 self.shown += 1
+                if transaction.http_version is None:
+                    self.unversioned += 1
                 yield transaction
 
     def finish(self) -> int:
@@ -162,6 +209,16 @@ class _Run:
             notes.append(f"{report.unreadable_files} unreadable")
         print(f"tap-emulator {self.command}: " + ", ".join(notes), file=sys.stderr)
         return EXIT_PROBLEM if report.unreadable_files else 0
+
+    def tell_guessed_versions(self) -> None:
+        """Say, once, how many were written as HTTP/1.1 for want of a recorded version."""
+        if self.args.http_version == "auto" and self.unversioned:
+            print(
+                f"tap-emulator {self.command}: {self.unversioned} transactions had no recorded "
+                "HTTP version and were written as HTTP/1.1: if the traffic was HTTP/2, "
+                "export with --http-version 2",
+                file=sys.stderr,
+            )
 
 
 def _guarded(command: str, body: Any) -> int:
@@ -245,12 +302,11 @@ def run_export_har(args: argparse.Namespace) -> int:
         from tap_emulator.captures.export import loaded, write_har
 
         run = _Run(args, "export har")
-        try:
-            with args.output.open("w", encoding="utf-8") as out:
-                count = write_har(loaded(run.transactions()), out)
-        except OSError as exc:
-            raise _UsageError(f"{args.output}: cannot write: {exc.strerror}") from exc
-        print(f"tap-emulator export har: {count} entries in {args.output}", file=sys.stderr)
+        with _output(args.output, binary=False) as out:
+            count = write_har(loaded(run.transactions()), out, args.http_version)
+        where = _output_name(args.output)
+        print(f"tap-emulator export har: {count} entries in {where}", file=sys.stderr)
+        run.tell_guessed_versions()
         return run.finish()
 
     return _guarded("export har", body)
@@ -261,32 +317,32 @@ def run_export_pcap(args: argparse.Namespace) -> int:
         from tap_emulator.captures.export import PcapExport
 
         run = _Run(args, "export pcap")
-        try:
-            with args.output.open("wb") as out:
-                export = PcapExport(
-                    out,
-                    placeholder_addresses=args.placeholder_addresses,
-                    http_version=args.http_version,
-                )
-                for transaction in run.transactions():
-                    export.add(transaction)
-        except OSError as exc:
-            raise _UsageError(f"{args.output}: cannot write: {exc.strerror}") from exc
+        with _output(args.output, binary=True) as out:
+            export = PcapExport(
+                cast(BinaryIO, out),
+                placeholder_addresses=args.placeholder_addresses,
+                http_version=args.http_version,
+            )
+            for transaction in run.transactions():
+                export.add(transaction)
+        where = _output_name(args.output)
         print(
             f"tap-emulator export pcap: {export.connections} connections, "
-            f"{export.packets} packets in {args.output}",
+            f"{export.packets} packets in {where}",
             file=sys.stderr,
         )
         if export.http2_ports:
             ports = sorted(export.http2_ports)
             decode_as = " ".join(f"-d tcp.port=={port},http" for port in ports)
+            opened = "FILE" if args.output == STDOUT else args.output
             print(
                 f"tap-emulator export pcap: HTTP/2 on TCP port(s) {', '.join(map(str, ports))}"
                 ": Wireshark finds HTTP/1.1 on any port but HTTP/2 only on HTTP's own ports; "
-                f"open with `wireshark {decode_as} {args.output}` (Decode As: HTTP), "
+                f"open with `wireshark {decode_as} {opened}` (Decode As: HTTP), "
                 "or export with --placeholder-addresses",
                 file=sys.stderr,
             )
+        run.tell_guessed_versions()
         return run.finish()
 
     return _guarded("export pcap", body)

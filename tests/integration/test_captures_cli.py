@@ -4,6 +4,7 @@ Envoy vectors, and on a real emulator's own output after replaying the vectors i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,16 @@ from typing import Any
 
 from tap_emulator.captures.exchange import load_exchange
 from tap_emulator.captures.reader import read_transactions
-from tests.helpers.captures import AUTHORITY, B3, PAIRED_CASES
+from tests.helpers.captures import (
+    AUTHORITY,
+    B3,
+    PAIRED_CASES,
+    buffered,
+    request_headers,
+    write_emulator_pieces,
+)
 from tests.helpers.emulator import published
+from tests.helpers.har_schema import assert_valid_har
 from tests.helpers.paths import REPO
 
 CAPTURE_DIRS = ("buffered", "streamed", "streamed_raw")
@@ -31,6 +40,17 @@ def command(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProc
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def command_bytes(where: Path, *args: str | Path) -> subprocess.CompletedProcess[bytes]:
+    """The command run in `where`, its output kept as bytes."""
+    return subprocess.run(
+        [sys.executable, "-m", "tap_emulator", *map(str, args)],
+        capture_output=True,
+        timeout=120,
+        cwd=where,
+        check=False,
+    )
 
 
 # --- list, show, export on the vectors --------------------------------------------------
@@ -74,6 +94,26 @@ def test_list_sorts_by_time_when_asked(vectors: Path) -> None:
     assert times == sorted(times) and len(times) == 39
 
 
+def test_since_keeps_what_is_newer_by_recorded_time_or_file_time(
+    vectors: Path, tmp_path: Path
+) -> None:
+    # The buffered vectors were recorded on 2026-11-24; a copied streamed one has no recorded
+    # time and is timed by its file's modification time: the copy's, now.
+    fresh = tmp_path / "h1_get_b3.pb_length_delimited"
+    shutil.copyfile(vectors / "streamed" / fresh.name, fresh)
+    recent = command("list", vectors / "buffered", fresh, "--since", "1h", "--format", "json")
+    since_then = command(
+        "list", vectors / "buffered", fresh, "--since", "2026-11-24T00:00:00Z", "--format", "json"
+    )
+    later = command("list", vectors / "buffered", "--since", "2026-11-25", "--format", "json")
+
+    assert recent.returncode == since_then.returncode == later.returncode == 0, recent.stderr
+    assert [row["files"] for row in json_lines(recent.stdout)] == [[str(fresh)]]
+    assert len(json_lines(since_then.stdout)) == 39 + 1
+    assert json_lines(later.stdout) == []
+    assert "0 of 39 transactions" in later.stderr
+
+
 def test_show_prints_one_transaction_by_its_trace_id(vectors: Path) -> None:
     run = command("show", vectors / "streamed", "--trace", "custom-trace-0001")
 
@@ -90,11 +130,78 @@ def test_show_says_when_nothing_matched(vectors: Path) -> None:
     assert "no transaction matched" in run.stderr
 
 
+def test_direction_sets_the_unknown_ones_and_keeps_the_known(vectors: Path, tmp_path: Path) -> None:
+    # Named by an emulator whose prefix is the authority: inbound, proven by the name.
+    answered = buffered(request_headers(), [(":status", "200")])
+    [inbound] = write_emulator_pieces(tmp_path, f"{AUTHORITY}-{B3}", [answered])
+    envoys = vectors / "buffered"
+    plain = command("list", envoys, inbound, "--format", "json")
+    told = command("list", envoys, inbound, "--format", "json", "--direction", "outbound")
+    shown = command("show", inbound, envoys / "h1_get_b3.pb", "--direction", "outbound")
+
+    assert told.returncode == 0, told.stderr
+    direction = {row["files"][0]: row["direction"] for row in json_lines(plain.stdout)}
+    told_direction = {row["files"][0]: row["direction"] for row in json_lines(told.stdout)}
+    assert direction.pop(str(inbound)) == told_direction.pop(str(inbound)) == "inbound"
+    assert len(direction) == 39 and set(direction.values()) == {"unknown"}
+    assert told_direction.keys() == direction.keys()
+    assert set(told_direction.values()) == {"outbound"}
+    facts = [line.split(";")[0].split() for line in shown.stdout.splitlines()]
+    assert sorted(words[1] for words in facts if words[:1] == ["direction"]) == [
+        "inbound",
+        "outbound",
+    ]
+
+
 def test_bad_arguments_are_named(vectors: Path) -> None:
     run = command("list", vectors / "buffered", "--status", "6xx")
 
     assert run.returncode == 2
     assert "--status '6xx'" in run.stderr
+
+
+def test_output_dash_is_standard_output_for_har_and_pcap(vectors: Path, tmp_path: Path) -> None:
+    source = vectors / "buffered"
+    har = command_bytes(tmp_path, "export", "har", source, "-o", "-")
+    pcap = command_bytes(tmp_path, "export", "pcap", source, "-o", "-")
+    to_file = command_bytes(tmp_path, "export", "pcap", source, "-o", "capture.pcapng")
+
+    assert har.returncode == pcap.returncode == to_file.returncode == 0, har.stderr + pcap.stderr
+    assert len(json.loads(har.stdout)["log"]["entries"]) == 39
+    assert b"39 entries in standard output" in har.stderr
+    assert pcap.stdout[:4] == b"\x0a\x0d\x0d\x0a"  # a pcapng section header block
+    assert pcap.stdout == (tmp_path / "capture.pcapng").read_bytes()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["capture.pcapng"]
+
+
+def test_exports_say_once_how_many_were_written_as_http1_for_want_of_a_version(
+    vectors: Path, tmp_path: Path
+) -> None:
+    plain_h2 = [vectors / "buffered" / f"{name}.pb" for name in ("h2_get_b3", "h2_post_b3")]
+    grpc = vectors / "buffered" / "grpc_unary_trailers.pb"  # HTTP/2, as gRPC always is
+    har = command("export", "har", *plain_h2, grpc, "-o", tmp_path / "guessed.har")
+    pcap = command("export", "pcap", *plain_h2, grpc, "-o", tmp_path / "guessed.pcapng")
+    told = command("export", "pcap", *plain_h2, "--http-version", "2", "-o", tmp_path / "h2.pcapng")
+
+    for run in (har, pcap):
+        assert run.returncode == 0, run.stderr
+        [note] = [line for line in run.stderr.splitlines() if "no recorded HTTP version" in line]
+        assert note.split(": ", 1)[1].startswith("2 transactions had no recorded HTTP version")
+        assert "written as HTTP/1.1" in note and "--http-version 2" in note
+    assert told.returncode == 0 and "no recorded HTTP version" not in told.stderr
+
+
+def test_export_har_writes_the_http_version_asked_for(vectors: Path) -> None:
+    source = vectors / "buffered" / "h2_get_b3.pb"
+    guessed = command("export", "har", source, "-o", "-")
+    told = command("export", "har", source, "--http-version", "2", "-o", "-")
+
+    [guessed_entry] = json.loads(guessed.stdout)["log"]["entries"]
+    [told_entry] = json.loads(told.stdout)["log"]["entries"]
+    assert guessed_entry["request"]["httpVersion"] == "HTTP/1.1"
+    assert "HTTP version not recorded; HTTP/1.1 assumed" in guessed_entry["comment"]
+    assert told_entry["request"]["httpVersion"] == told_entry["response"]["httpVersion"] == "HTTP/2"
+    assert "HTTP version not recorded; HTTP/2 as asked" in told_entry["comment"]
 
 
 # --- the emulator's own output ----------------------------------------------------------
@@ -152,6 +259,12 @@ def test_req_res_halves_from_the_emulator_pair_up_again(start_emulator: Any, vec
     replay_into(emulator, vectors / "buffered" / "h1_post_large_b3.pb")
     [transaction] = list(read_transactions([emulator.output_dir]))
 
+    har = command("export", "har", emulator.output_dir, "-o", "-")
+
     assert transaction.complete and len(transaction.files) == 2
     assert {Path(f).name.rsplit("-", 2)[1] for f in transaction.files} == {"req", "res"}
     assert transaction.request_body_bytes == transaction.response_body_bytes == 1024
+    assert har.returncode == 0, har.stderr
+    assert_valid_har(json.loads(har.stdout))
+    [entry] = json.loads(har.stdout)["log"]["entries"]
+    assert sorted(entry["_tapEmulator"]["files"]) == sorted(transaction.files)

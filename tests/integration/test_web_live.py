@@ -19,6 +19,7 @@ from haralyzer import HarParser
 
 from tests.helpers import traces as t
 from tests.helpers.emulator import EmulatorProcess, metric, scrape, send_streams, wait_for
+from tests.helpers.har_schema import assert_valid_har
 from tests.helpers.paths import REPO
 from tests.helpers.script_run import TapClientRun
 from tests.helpers.web import get_json, open_stalled_event_stream, read_until
@@ -64,6 +65,7 @@ def test_a_trace_sent_shows_in_the_table_detail_and_downloads(start_emulator: An
     ) as r:
         assert r.headers["X-Tap-Emulator-Transactions"] == "1"
         har = json.loads(r.read())
+    assert_valid_har(har)
     [entry] = HarParser(har).har_data["entries"]
     assert entry["request"]["url"] == "http://other.ns.svc:80/orders"
     with urllib.request.urlopen(f"{emulator.ui_url}api/export.pcapng", timeout=10) as r:

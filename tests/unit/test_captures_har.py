@@ -14,9 +14,9 @@ from haralyzer import HarEntry, HarParser
 
 from tap_emulator.captures.export import loaded, write_har
 from tap_emulator.captures.reader import read_transactions
-from tests.helpers.paths import FIXTURES, VECTORS
+from tests.helpers.har_schema import assert_valid_har
+from tests.helpers.paths import VECTORS
 
-SCHEMA = json.loads((FIXTURES / "har" / "har-1.2.schema.json").read_text())
 DIRS = ("buffered", "streamed", "streamed_raw")
 
 
@@ -39,14 +39,14 @@ def entries_for(har: dict[str, Any], file_part: str) -> list[dict[str, Any]]:
 
 
 def test_every_entry_validates_against_the_har_1_2_schema(har: dict[str, Any]) -> None:
-    jsonschema.validate(har, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert_valid_har(har)
 
 
 def test_the_schema_is_strict_enough_to_catch_a_bad_entry(har: dict[str, Any]) -> None:
     broken = json.loads(json.dumps(har))
     del broken["log"]["entries"][0]["timings"]["wait"]
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, SCHEMA)
+        assert_valid_har(broken)
 
 
 def test_haralyzer_reads_one_entry_per_transaction(har: dict[str, Any]) -> None:

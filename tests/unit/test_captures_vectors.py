@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tap_emulator._proto.envoy.service.ext_proc.v3.external_processor_pb2 import (
+    ProcessingRequest,
+)
 from tap_emulator.captures.exchange import load_exchange
 from tap_emulator.captures.model import Missing, PieceKind, Transaction
 from tap_emulator.captures.reader import ReadReport, read_transactions
 from tests.helpers.captures import PAIRED_CASES, vector_traces
+from tests.helpers.extproc_vectors import load_all
 
 CAPTURE_DIRS = ("buffered", "streamed", "streamed_raw", "buffered_zipkin", "streamed_zipkin")
 
@@ -130,3 +134,23 @@ def test_streamed_envoy_files_are_timed_by_their_mtime(vectors: Path) -> None:
     assert transaction.time_source == "file_mtime"
     assert transaction.time == path.stat().st_mtime
     assert transaction.envoy_trace_id is not None
+
+
+def test_pseudo_headers_cannot_tell_http1_from_http2(vectors: Path) -> None:
+    # Envoy's HTTP/1 codec turns Host into :authority and adds :scheme, so the tap and
+    # ext_proc record an HTTP/1.1 request with the pseudo-headers of an HTTP/2 one.
+    pseudo = frozenset({":authority", ":method", ":path", ":scheme"})
+    by_ext_proc = set()
+    for case in load_all():
+        first = ProcessingRequest.FromString(case.messages[0])
+        if not first.HasField("request_headers"):
+            continue  # a request Envoy rejected: ext_proc saw only the response
+        names = {item.key for item in first.request_headers.headers.headers}
+        by_ext_proc.add((case.client.protocol, frozenset(names & (pseudo | {"host"}))))
+    h1 = only(vectors / "buffered" / "h1_get_b3.pb")
+    h2 = only(vectors / "buffered" / "h2_get_b3.pb")
+    by_tap = [{f.name for f in load_exchange(t).request.headers or []} for t in (h1, h2)]
+
+    assert by_ext_proc == {("HTTP/1.1", pseudo), ("h2c", pseudo), ("gRPC (h2c)", pseudo)}
+    assert all(pseudo <= names and "host" not in names for names in by_tap)
+    assert h1.http_version is h2.http_version is None
