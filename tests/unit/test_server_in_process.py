@@ -4,8 +4,12 @@ own generated messages: the sources' statuses, health, readiness and the lifecyc
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -17,8 +21,9 @@ from tap_emulator._proto.envoy.service.tap.v3.tap_pb2 import StreamTapsRequest
 from tap_emulator.app import StartupError
 from tap_emulator.config import Settings
 from tap_emulator.labels import Source
-from tap_emulator.testing import InProcessEmulator, SlowPublisher
+from tap_emulator.testing import FaultyPublisher, InProcessEmulator, SlowPublisher
 from tap_emulator.write.directory import DirectoryPublisher
+from tap_emulator.write.policy import WriteErrorPolicy
 
 STREAM_TAPS = "/envoy.service.tap.v3.TapSinkService/StreamTaps"
 TAP_SERVICE = "envoy.service.tap.v3.TapSinkService"
@@ -186,3 +191,65 @@ async def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
         taken_settings = Settings(output_dir=tmp_path / "b", metrics_listen="", listen=taken)
         with pytest.raises(StartupError, match=r"already in use \(listen\)"):
             await app.start(app.build(taken_settings))
+
+
+async def http_get(url: str) -> tuple[int, str]:
+    def get() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            with refused:
+                return refused.code, refused.read().decode()
+
+    return await asyncio.to_thread(get)
+
+
+@pytest.mark.asyncio
+async def test_liveness_and_readiness_say_what_the_server_can_do(tmp_path: Path) -> None:
+    """/healthz answers while the process runs; /readyz is 200 while a tap stream can be
+    accepted, 503 with the reason while every slot is taken or the writers cannot publish."""
+    full = threading.Event()
+    disk = FaultyPublisher(
+        DirectoryPublisher(tmp_path),
+        fault=lambda *_: (
+            OSError(errno.ENOSPC, "No space left on device") if full.is_set() else None
+        ),
+    )
+    gate = asyncio.Event()
+
+    async def held() -> None:
+        async def messages():  # type: ignore[no-untyped-def]
+            yield trace("held.ns:80", "9" * 32)
+            await gate.wait()
+
+        async with grpc.aio.insecure_channel(served.tap_target) as channel:
+            await channel.stream_unary(STREAM_TAPS)(messages())
+
+    options = settings(tmp_path, max_concurrent_streams=1, on_write_error=WriteErrorPolicy.DROP)
+    served = InProcessEmulator(replace(options, metrics_listen="127.0.0.1:0"), disk)
+    async with served:
+        assert await http_get(f"{served.metrics_url}/healthz") == (200, "ok\n")
+        assert (await http_get(f"{served.metrics_url}/readyz"))[0] == 200
+
+        holder = asyncio.create_task(held())
+        for _ in range(200):
+            if served.emulator.registry.open_streams(Source.TAP) == 1:
+                break
+            await asyncio.sleep(0.01)
+        status, reason = await http_get(f"{served.metrics_url}/readyz")
+        assert (status, "stream slots are taken" in reason) == (503, True), reason
+        assert (await http_get(f"{served.metrics_url}/healthz"))[0] == 200
+        gate.set()
+        await holder
+
+        full.set()
+        await send(served.tap_target, [trace("full.ns:80", "8" * 32)])
+        for _ in range(200):
+            status, reason = await http_get(f"{served.metrics_url}/readyz")
+            if status == 503:
+                break
+            await asyncio.sleep(0.01)
+        print(f"observed: /readyz {status} {reason.strip()!r}")
+        assert status == 503 and "cannot publish" in reason
+        assert (await http_get(f"{served.metrics_url}/healthz"))[0] == 200
