@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import signal
 import sys
 import time
@@ -48,6 +50,21 @@ RESPONSE_HEADERS, RESPONSE_BODY, RESPONSE_TRAILERS = 0x1A, 0x2A, 0x3A
 class Counts:
     def __init__(self) -> None:
         self.streams = self.messages = self.bytes = self.ended_by_us = self.ended_by_peer = 0
+        #: RPCs grpc.aio cancelled before or while their handler ran (its debug log line).
+        self.cancelled_by_grpc = 0
+
+
+class CancelledCounter(logging.Handler):
+    """Counts grpc.aio's "RPC cancelled" debug lines: RPCs whose task grpc cancelled because
+    the call was over in grpc core (the handler may never have started)."""
+
+    def __init__(self, counts: Counts) -> None:
+        super().__init__(logging.DEBUG)
+        self._counts = counts
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("RPC cancelled"):
+            self._counts.cancelled_by_grpc += 1
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
@@ -207,6 +224,10 @@ async def serve(
     busy_us: float = 0.0,
 ) -> None:
     counts = Counts()
+    cygrpc_log = logging.getLogger("grpc._cython.cygrpc")
+    cygrpc_log.setLevel(logging.DEBUG)
+    cygrpc_log.addHandler(CancelledCounter(counts))
+    cygrpc_log.propagate = False
     if transport == "grpclib":
         server, port = await serve_grpclib(mode, counts)
     else:
@@ -230,6 +251,7 @@ async def serve(
             bytes=counts.bytes,
             ended_by_us=counts.ended_by_us,
             ended_by_peer=counts.ended_by_peer,
+            cancelled_by_grpc=counts.cancelled_by_grpc,
             cpu_s=time.process_time(),
         )
 
@@ -259,7 +281,12 @@ def main() -> None:
         "--grpc-arg", action="append", default=[], help="KEY=INT, another server option"
     )
     parser.add_argument("--busy-us", type=float, default=0.0, help="CPU spent per message")
+    parser.add_argument(
+        "--stderr-to", default="", help="write stderr (e.g. GRPC_TRACE's lines) to this file"
+    )
     args = parser.parse_args()
+    if args.stderr_to:
+        os.dup2(os.open(args.stderr_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
     extra = [(k, int(v)) for k, v in (a.split("=", 1) for a in args.grpc_arg)]
     uvloop.run(
         serve(

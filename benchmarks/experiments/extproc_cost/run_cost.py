@@ -25,6 +25,7 @@ medians of per-round ratios to the same repeat's no-tap round (of the same trace
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -32,6 +33,7 @@ import re
 import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -52,6 +54,9 @@ from procs import CLK_TCK, Proc, Scratch, kill_children, machine_busy_s, proc_cp
 Json = dict[str, Any]
 LISTENING = re.compile(r"listening tap=(\S+):(\d+) metrics=(\S+):(\d+)")
 SETTLE_TIMEOUT_S = 15.0
+#: More environment for every server (``--server-env``), e.g. GRPC_TRACE for a diagnostic run.
+SERVER_ENV: dict[str, str] = {}
+TRACED_STDERR = Path(tempfile.gettempdir()) / "extproc_cost-traced-server.log"
 SAMPLE_EVERY_S = 0.5
 SERVER_COUNTERS = (
     "tap_emulator_streams_refused_total",
@@ -113,6 +118,7 @@ class Server:
             "messages": event["messages"],
             "ended_by_us": event["ended_by_us"],
             "ended_by_peer": event["ended_by_peer"],
+            "cancelled_by_grpc": event.get("cancelled_by_grpc", 0),
         }
 
 
@@ -120,6 +126,7 @@ def env_for(product_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(product_dir), str(BENCH), str(REPO)])
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(SERVER_ENV)
     return env
 
 
@@ -325,6 +332,8 @@ def suite(name: str, products: dict[str, Path]) -> tuple[dict[str, ServerSpec], 
         slow = ("--mode", "end", "--busy-us", "150")
         servers = {
             "slow": ServerSpec("minimal", slow),
+            # its stderr (GRPC_TRACE's lines with --server-env) to a file
+            "slow_traced": ServerSpec("minimal", (*slow, "--stderr-to", str(TRACED_STDERR))),
             "slow_conn100k": ServerSpec(
                 "minimal", (*slow, "--max-streams-per-connection", "100000")
             ),
@@ -371,6 +380,30 @@ def suite(name: str, products: dict[str, Path]) -> tuple[dict[str, ServerSpec], 
 
 
 # --- one round ----------------------------------------------------------------------------
+
+#: Numbers, hex ids and addresses vary per line: masked, the lines of one kind count together.
+VARYING = re.compile(r"0x[0-9a-f]+|\[C\d+\]|\[S\d+\]|\d+(\.\d+)*")
+LOG_HEAD = re.compile(r"^\[[^]]*\]\[\d+\]\[(\w+)\]\[(\w+)\] \[[^]]*\] ")
+
+
+def debug_logging(front: Envoy, components: str) -> None:
+    """Turn Envoy's debug log on for `components` and keep every line it writes (only for a
+    diagnostic run: the logging costs Envoy CPU)."""
+    front.proc.stderr = collections.deque(maxlen=2_000_000)
+    for component in components.split(","):
+        request = urllib.request.Request(
+            f"http://{front.admin}/logging?{component}=debug", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+
+def log_kinds(lines: list[str]) -> dict[str, int]:
+    """Envoy's log lines by kind: the message with its varying parts masked."""
+    kinds: collections.Counter[str] = collections.Counter()
+    for line in lines:
+        kinds[VARYING.sub("N", LOG_HEAD.sub("", line))[:160]] += 1
+    return dict(kinds.most_common(40))
 
 
 def cluster_stats(envoy: Envoy, names: list[str]) -> dict[str, int]:
@@ -458,6 +491,8 @@ class Run:
                     "front",
                 )
                 ports = front.listener_ports()
+                if self.args.envoy_debug:
+                    debug_logging(front, self.args.envoy_debug)
                 idle = idle_cpu_cores(front.pid, 2.0)
                 print(f"envoy idle {idle} cores", flush=True)
                 for arm in arms:  # warm-up
@@ -547,6 +582,7 @@ class Run:
         server = servers.get(arm.server) if arm.server else None
         cluster = f"xp-{arm.name}"
         stats0 = cluster_stats(front, [cluster])
+        log0 = len(front.proc.stderr)
         taken0 = server.taken_in() if server else {}
         threads0 = threads(server.pid) if server else {}
         srv0 = proc_cpu_s(server.pid) if server else 0.0
@@ -604,6 +640,13 @@ class Run:
                 3,
             ),
         }
+        if self.args.envoy_debug:
+            lines = list(front.proc.stderr)[log0:]
+            result["envoy_log_kinds"] = log_kinds(lines)
+            keep = self.args.envoy_debug_dir
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                (keep / f"{arm.name}-{mode}-{rep}.log").write_text("\n".join(lines))
         if server is not None:
             taken = {
                 k: taken1.get(k, 0) - taken0.get(k, 0)
@@ -775,7 +818,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--py-spy", action="append", default=[], help="profile this arm's server")
     parser.add_argument("--native", action="store_true", help="py-spy --native")
+    parser.add_argument(
+        "--envoy-debug", default="", help="Envoy log components at debug, e.g. ext_proc,grpc"
+    )
+    parser.add_argument(
+        "--envoy-debug-dir", type=Path, default=None, help="keep each round's debug lines here"
+    )
+    parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE")
     args = parser.parse_args()
+    SERVER_ENV.update(item.split("=", 1) for item in args.server_env)
     started = time.monotonic()
     result = Run(args).main()
     result["duration_s"] = round(time.monotonic() - started, 1)
