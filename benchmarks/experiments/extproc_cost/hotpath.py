@@ -115,9 +115,11 @@ async def no_requests() -> AsyncIterator[bytes]:
     yield b""
 
 
-async def run(transactions: int, directory: Path) -> float:
-    settings = Settings(output_dir=directory)
+async def run(transactions: int, directory: Path, yield_every: int, ui: bool) -> float:
+    settings = Settings(output_dir=directory, ui_listen="127.0.0.1:0" if ui else "")
     emulator = build(settings)
+    if emulator.page is not None:
+        await emulator.page.start("127.0.0.1", 0)
     await asyncio.to_thread(emulator.publisher.open)
     await emulator.pool.start()
     raws = messages()
@@ -125,12 +127,14 @@ async def run(transactions: int, directory: Path) -> float:
     start = time.process_time()
     for number in range(transactions):
         await process(no_requests(), Context(number, raws))  # type: ignore[arg-type]
-        if number % 256 == 255:
+        if number % yield_every == yield_every - 1:
             await asyncio.sleep(0)  # let the writers run, as the server's loop would
     await emulator.pool.drain(60.0)
     spent = time.process_time() - start
     written = emulator.pool.published
     await emulator.pool.close()
+    if emulator.page is not None:
+        await emulator.page.close()
     if written != transactions:
         raise SystemExit(f"wrote {written} files for {transactions} transactions")
     return spent / transactions
@@ -140,12 +144,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--transactions", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--yield-every",
+        type=int,
+        default=256,
+        help="transactions between two turns of the loop (1: the writers wake for each file, "
+        "as on a server with few transactions in flight)",
+    )
+    parser.add_argument("--ui", action="store_true", help="with the web page's process on")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
-            results.append(uvloop.run(run(args.transactions, Path(directory))))
+            results.append(
+                uvloop.run(run(args.transactions, Path(directory), args.yield_every, args.ui))
+            )
     best = min(results)
     if args.json:
         print(json.dumps({"us_per_transaction": [round(r * 1e6, 1) for r in results]}))

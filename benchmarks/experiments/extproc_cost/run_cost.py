@@ -119,6 +119,8 @@ class Server:
             "ended_by_us": event["ended_by_us"],
             "ended_by_peer": event["ended_by_peer"],
             "cancelled_by_grpc": event.get("cancelled_by_grpc", 0),
+            "calls_started": event.get("calls_started", 0),
+            "calls_failed": event.get("calls_failed", 0),
         }
 
 
@@ -145,6 +147,8 @@ def start_server(name: str, spec: ServerSpec, directory: Path) -> Server:
             str(directory),
             "--max-streams-per-peer",
             "1000",
+            "--ui-listen",
+            "127.0.0.1:0",  # the page on, as `make bench` runs it (a port of its own)
             *spec.flags,
         ]
         proc = Proc(argv, f"server-{name}", env=env_for(spec.product_dir))
@@ -162,6 +166,17 @@ def start_server(name: str, spec: ServerSpec, directory: Path) -> Server:
     proc = Proc(argv, f"server-{name}", env=env_for(spec.product_dir))
     event = proc.event("listening", 30.0)
     return Server(name, spec, proc, int(event["port"]))
+
+
+def children_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's live children (the product's web page process)."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                for child in Path(task.path, "children").read_text().split():
+                    total += proc_cpu_s(int(child))
+    return total
 
 
 # --- /proc per thread ---------------------------------------------------------------------
@@ -363,6 +378,39 @@ def suite(name: str, products: dict[str, Path]) -> tuple[dict[str, ServerSpec], 
         }
         for label, directory in products.items():
             servers[label] = ServerSpec("product", product_dir=directory)
+        arms = [ArmSpec("notap", "notap")]
+        arms += [ArmSpec(f"s_{s}", "extproc", CHART, s) for s in servers]
+        return servers, arms
+    if name == "final":  # the server table of docs/measurements/extproc.md
+        servers = {
+            "product": product,
+            "product_no_page": ServerSpec("product", ("--ui-listen", "")),
+            "end": minimal_end,
+            "scan": ServerSpec("minimal", ("--mode", "scan-end")),
+            "end_grpclib": ServerSpec("minimal", ("--mode", "end", "--transport", "grpclib")),
+        }
+        arms = [ArmSpec("notap", "notap")]
+        arms += [ArmSpec(f"s_{s}", "extproc", CHART, s) for s in servers]
+        return servers, arms
+    if name == "transport":
+        servers = {
+            "end": minimal_end,
+            "end_grpclib": ServerSpec("minimal", ("--mode", "end", "--transport", "grpclib")),
+            "scan_grpclib": ServerSpec("minimal", ("--mode", "scan-end", "--transport", "grpclib")),
+            "product_no_page": ServerSpec("product", ("--ui-listen", "")),
+        }
+        arms = [ArmSpec("notap", "notap")]
+        arms += [ArmSpec(f"s_{s}", "extproc", CHART, s) for s in servers]
+        return servers, arms
+    if name == "page":
+        servers = {
+            "product": product,
+            "product_no_page": ServerSpec("product", ("--ui-listen", "")),
+            "end": minimal_end,
+        }
+        for label, directory in products.items():
+            servers[label] = ServerSpec("product", product_dir=directory)
+            servers[label + "_no_page"] = ServerSpec("product", ("--ui-listen", ""), directory)
         arms = [ArmSpec("notap", "notap")]
         arms += [ArmSpec(f"s_{s}", "extproc", CHART, s) for s in servers]
         return servers, arms
@@ -586,6 +634,7 @@ class Run:
         taken0 = server.taken_in() if server else {}
         threads0 = threads(server.pid) if server else {}
         srv0 = proc_cpu_s(server.pid) if server else 0.0
+        kids0 = children_cpu_s(server.pid) if server else 0.0
         cpu0, up0, busy0, t0 = (
             proc_cpu_s(front.pid),
             proc_cpu_s(upstream.pid),
@@ -610,6 +659,7 @@ class Run:
             self.settle_server(server)
         cpu1, up1, busy1 = proc_cpu_s(front.pid), proc_cpu_s(upstream.pid), machine_busy_s()
         srv1 = proc_cpu_s(server.pid) if server else 0.0
+        kids1 = children_cpu_s(server.pid) if server else 0.0
         threads1 = threads(server.pid) if server else {}
         taken1 = server.taken_in() if server else {}
         t_end = time.monotonic()
@@ -657,6 +707,11 @@ class Run:
             started = delta.get(f"http.{arm.name}.ext_proc.streams_started", 0)
             result.update(
                 server_cpu_s=round(server_cpu, 3),
+                # the product's web page process: its own CPU, not in server_cpu_s
+                server_children_cpu_s=round(kids1 - kids0, 3),
+                server_children_cpu_us_per_transaction=round(
+                    (kids1 - kids0) / max(transactions, 1) * 1e6, 1
+                ),
                 server_transactions=transactions,
                 server_counts={k: v for k, v in taken.items() if v},
                 server_cpu_us_per_transaction=round(server_cpu / max(transactions, 1) * 1e6, 1),
@@ -825,6 +880,9 @@ def main() -> None:
         "--envoy-debug-dir", type=Path, default=None, help="keep each round's debug lines here"
     )
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE")
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep Envoy's final stats and the log tails"
+    )
     args = parser.parse_args()
     SERVER_ENV.update(item.split("=", 1) for item in args.server_env)
     started = time.monotonic()
@@ -833,6 +891,9 @@ def main() -> None:
     result["load_average"] = os.getloadavg()
     out = args.out or BENCH / "results" / "extproc_cost" / f"{args.suite}-{int(time.time())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.keep_logs:  # keep results small enough to commit
+        for key in ("final_stats", "envoy_log_tail", "server_log_tails"):
+            result.pop(key, None)
     out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out}")
     for mode, per in result["summary"].items():
