@@ -19,7 +19,7 @@ medians of per-round ratios to the same repeat's no-tap round (of the same trace
     python benchmarks/experiments/extproc_cost/run_cost.py --suite envoy --repeat 3
     python benchmarks/experiments/extproc_cost/run_cost.py --suite loss --modes closed
     python benchmarks/experiments/extproc_cost/run_cost.py --suite server \
-        --product new=/tmp/prod-new --modes closed
+        --product new=DIR --modes closed
 """
 
 from __future__ import annotations
