@@ -122,7 +122,9 @@ def decode_is_last(raw: bytes) -> bool:
     return False
 
 
-def make_handler(mode: str, reader: str, counts: Counts, busy_us: float = 0.0) -> Any:
+def make_handler(
+    mode: str, reader: str, counts: Counts, busy_us: float = 0.0, context_calls: bool = False
+) -> Any:
     is_last = {"end": decode_is_last, "scan-end": scan_is_last, "read": None}[mode]
     if busy_us:  # stand in for a slower server: spin this long on every message
         plain, spin_s = is_last, busy_us / 1e6
@@ -149,6 +151,9 @@ def make_handler(mode: str, reader: str, counts: Counts, busy_us: float = 0.0) -
 
     async def with_read(requests: AsyncIterator[bytes], context: Any) -> None:
         counts.streams += 1
+        if context_calls:  # what the product asks of every stream
+            context.peer()
+            context.invocation_metadata()
         read = context.read
         eof = grpc.aio.EOF
         try:
@@ -222,6 +227,7 @@ async def serve(
     transport: str,
     extra_options: list[tuple[str, int]],
     busy_us: float = 0.0,
+    context_calls: bool = False,
 ) -> None:
     counts = Counts()
     cygrpc_log = logging.getLogger("grpc._cython.cygrpc")
@@ -234,7 +240,9 @@ async def serve(
         settings = Settings(max_streams_per_connection=max_streams_per_connection)
         options = grpc_server_options(settings) + extra_options
         server = grpc.aio.server(options=options)
-        handler = grpc.stream_stream_rpc_method_handler(make_handler(mode, reader, counts, busy_us))
+        handler = grpc.stream_stream_rpc_method_handler(
+            make_handler(mode, reader, counts, busy_us, context_calls)
+        )
         server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(SERVICE, {"Process": handler})]
         )
@@ -298,6 +306,11 @@ def main() -> None:
     )
     parser.add_argument("--busy-us", type=float, default=0.0, help="CPU spent per message")
     parser.add_argument(
+        "--context-calls",
+        action="store_true",
+        help="with --reader read: also call peer() and invocation_metadata() per stream",
+    )
+    parser.add_argument(
         "--stderr-to", default="", help="write stderr (e.g. GRPC_TRACE's lines) to this file"
     )
     args = parser.parse_args()
@@ -312,6 +325,7 @@ def main() -> None:
             args.transport,
             extra,
             args.busy_us,
+            args.context_calls,
         )
     )
 

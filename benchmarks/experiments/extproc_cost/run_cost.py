@@ -392,6 +392,17 @@ def suite(name: str, products: dict[str, Path]) -> tuple[dict[str, ServerSpec], 
         arms = [ArmSpec("notap", "notap")]
         arms += [ArmSpec(f"s_{s}", "extproc", CHART, s) for s in servers]
         return servers, arms
+    if name == "context":  # what the product's reads and per-stream calls cost
+        servers = {
+            "end": minimal_end,
+            "end_read": ServerSpec("minimal", ("--mode", "end", "--reader", "read")),
+            "end_read_calls": ServerSpec(
+                "minimal", ("--mode", "end", "--reader", "read", "--context-calls")
+            ),
+        }
+        arms = [ArmSpec("notap", "notap")]
+        arms += [ArmSpec(f"s_{s}", "extproc", CHART, s) for s in servers]
+        return servers, arms
     if name == "transport":
         servers = {
             "end": minimal_end,
