@@ -15,7 +15,16 @@ completed. The server's CPU over the same time is divided by the transactions it
 (files written for the product, streams ended for the minimal server); its threads' CPU and
 context switches come from ``/proc/<pid>/task/*``. Arms rotate every repeat; ratios are the
 medians of per-round ratios to the same repeat's no-tap round (of the same tracer setting).
+The product's web page runs in a child process: its CPU is counted apart.
 
+Suites: ``envoy`` (filter variants), ``final`` (the servers side by side), ``context``,
+``transport``, ``page``, ``loss``, ``pending``, ``slow``, ``server``, ``products``. For a
+diagnostic run, ``--envoy-debug ext_proc[,http2]`` counts Envoy's debug lines by kind per
+round (``--envoy-debug-dir`` keeps them), and ``--server-env GRPC_TRACE=...`` with the
+``slow`` suite's ``m_slow_traced`` arm writes the server's gRPC trace to a file.
+
+    python benchmarks/experiments/extproc_cost/run_cost.py --suite final --repeat 3 \
+        --modes closed,fixed --rate 400
     python benchmarks/experiments/extproc_cost/run_cost.py --suite envoy --repeat 3
     python benchmarks/experiments/extproc_cost/run_cost.py --suite loss --modes closed
     python benchmarks/experiments/extproc_cost/run_cost.py --suite server \
