@@ -12,8 +12,11 @@ Modes (``--mode``):
 
 ``--reader read`` reads with ``context.read()`` instead of the request iterator.
 ``--transport grpclib`` serves the same handler on grpclib (its own HTTP/2 stack in Python,
-over h2; ``pip install grpclib``) instead of grpc.aio, with grpclib's defaults. Answers
-``SIGUSR1`` with a JSON line of counters on stdout; stops on ``SIGTERM``.
+over h2; ``pip install grpclib``) instead of grpc.aio, with grpclib's defaults.
+``--context-calls`` (with ``--reader read``) also asks ``peer()`` and
+``invocation_metadata()`` of every stream, as the product does. Answers ``SIGUSR1`` with a
+JSON line of counters on stdout (with grpc.aio, gRPC core's channelz call counts too: calls
+core started, whether or not a handler was given them); stops on ``SIGTERM``.
 
     python benchmarks/experiments/extproc_cost/minimal_server.py --mode end
 """
