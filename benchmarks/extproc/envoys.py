@@ -17,6 +17,7 @@ back): no Python in the path of the measured proxy.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ POST_ANSWER = "accepted\n"
 GRPC_ANSWER = bytes(range(32))
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
 GRPC_PREFIX = "/bench.Echo/"
+ZIPKIN_CLUSTER = "zipkin"
 
 
 def _address(port: int) -> Json:
@@ -135,8 +137,38 @@ def tap_filter(tap_dir: Path) -> Json:
     }
 
 
-def ext_proc_filter() -> Json:
-    """The filter as the chart renders it with its defaults, buffered traces (one file each)."""
+#: What the chart asks of every request (trace.recordDownstreamConnection and
+#: recordHeadersReceivedTime off).
+CHART_ATTRIBUTES = ("xds.node.id", "xds.node.cluster", "xds.node.metadata.NAMESPACE")
+
+
+@dataclass(frozen=True)
+class ExtProcOptions:
+    """One way of configuring the ext_proc tap; the defaults are the chart's rendering.
+
+    The cost experiments (``experiments/extproc_cost/``) vary one field at a time."""
+
+    attributes: tuple[str, ...] = CHART_ATTRIBUTES
+    #: Extra static metadata, e.g. the namespace the chart could send instead of attributes.
+    extra_metadata: tuple[tuple[str, str], ...] = ()
+    request_body_mode: str = "STREAMED"
+    response_body_mode: str = "STREAMED"
+    trailer_mode: str = "SEND"
+    deferred_close: str = DEFERRED_CLOSE
+    send_body_without_waiting_for_header_response: bool | None = None
+    #: Envoy's Google gRPC client instead of its own (envoy_grpc).
+    google_grpc: bool = False
+    #: HTTP/2 keepalive on the side-stream cluster (the chart's patch).
+    keepalive: bool = True
+    #: The side-stream cluster's http2_protocol_options.max_concurrent_streams (None: Envoy's
+    #: default, unlimited): past it Envoy opens another connection.
+    cluster_max_concurrent_streams: int | None = None
+
+
+def ext_proc_filter(
+    options: ExtProcOptions = ExtProcOptions(), cluster: str = "emulator", port: int = 0
+) -> Json:
+    """The filter as the chart renders it (with `options`' changes), buffered traces."""
     metadata = {
         "x-tap-id": TAP_ID,
         "x-tap-streaming": "false",
@@ -144,39 +176,112 @@ def ext_proc_filter() -> Json:
         "x-tap-max-buffered-tx-bytes": str(MAX_BUFFERED_BYTES),
         "x-tap-record-headers-received-time": "false",
         "x-tap-record-downstream-connection": "false",
+        **dict(options.extra_metadata),
     }
+    service: Json = {"initial_metadata": [{"key": k, "value": v} for k, v in metadata.items()]}
+    if options.google_grpc:
+        service["google_grpc"] = {"target_uri": f"127.0.0.1:{port}", "stat_prefix": cluster}
+    else:
+        service["envoy_grpc"] = {"cluster_name": cluster}
+    config: Json = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": service,
+        "observability_mode": True,
+        "failure_mode_allow": True,
+        "deferred_close_timeout": options.deferred_close,
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "response_header_mode": "SEND",
+            "request_body_mode": options.request_body_mode,
+            "response_body_mode": options.response_body_mode,
+            "request_trailer_mode": options.trailer_mode,
+            "response_trailer_mode": options.trailer_mode,
+        },
+    }
+    if options.attributes:
+        config["request_attributes"] = list(options.attributes)
+    if options.send_body_without_waiting_for_header_response is not None:
+        config["send_body_without_waiting_for_header_response"] = (
+            options.send_body_without_waiting_for_header_response
+        )
+    return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
+
+
+def ext_proc_cluster(name: str, port: int, options: ExtProcOptions = ExtProcOptions()) -> Json:
+    """The side streams' cluster, as Istio generates it plus the chart's keepalive patch."""
+    http2: Json = {}
+    if options.keepalive:
+        http2["connection_keepalive"] = {"interval": "10s", "timeout": "5s"}
+    if options.cluster_max_concurrent_streams is not None:
+        http2["max_concurrent_streams"] = options.cluster_max_concurrent_streams
+    return _static_cluster(name, port, http2_options=http2)
+
+
+def zipkin_tracing(sampling_percent: float) -> Json:
+    """The HCM tracer as Istio configures it (Zipkin, 1% sampling by default)."""
     return {
-        "name": "envoy.filters.http.ext_proc",
-        "typed_config": {
-            "@type": "type.googleapis.com/"
-            "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {
-                "envoy_grpc": {"cluster_name": "emulator"},
-                "initial_metadata": [{"key": k, "value": v} for k, v in metadata.items()],
+        "random_sampling": {"value": sampling_percent},
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": ZIPKIN_CLUSTER,
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+                "shared_span_context": False,
+                "trace_id_128bit": True,
             },
-            "observability_mode": True,
-            "failure_mode_allow": True,
-            "deferred_close_timeout": DEFERRED_CLOSE,
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "response_header_mode": "SEND",
-                "request_body_mode": "STREAMED",
-                "response_body_mode": "STREAMED",
-                "request_trailer_mode": "SEND",
-                "response_trailer_mode": "SEND",
-            },
-            "request_attributes": [
-                "xds.node.id",
-                "xds.node.cluster",
-                "xds.node.metadata.NAMESPACE",
-            ],
         },
     }
 
 
-def front_bootstrap(upstream_port: int, emulator_port: int, tap_dir: Path) -> Json:
-    """The Envoy under test: three listeners (see the module docstring), two clusters."""
-    route_config = {
+@dataclass(frozen=True)
+class Arm:
+    """One listener of the Envoy under test: its filter, its tracer, its side-stream cluster."""
+
+    name: str
+    kind: str  # "notap", "tap" or "extproc"
+    options: ExtProcOptions = ExtProcOptions()
+    server_port: int = 0  # the ext_proc server (kind "extproc")
+    tracing_percent: float | None = None  # None: no tracer on the listener
+
+    @property
+    def cluster(self) -> str:
+        return f"xp-{self.name}"
+
+
+def arms_bootstrap(upstream_port: int, tap_dir: Path, arms: list[Arm]) -> Json:
+    """The Envoy under test with one listener per arm; each ext_proc arm has its own cluster
+    (so its side streams' stats are its own)."""
+    route_config = _upstream_route()
+    listeners, clusters = [], [_static_cluster("upstream", upstream_port)]
+    for arm in arms:
+        filters: list[Json] = []
+        if arm.kind == "tap":
+            filters = [tap_filter(tap_dir)]
+        elif arm.kind == "extproc":
+            filters = [ext_proc_filter(arm.options, arm.cluster, arm.server_port)]
+            clusters.append(ext_proc_cluster(arm.cluster, arm.server_port, arm.options))
+        listener = _listener(arm.name, route_config, filters)
+        if arm.tracing_percent is not None:
+            manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            manager["tracing"] = zipkin_tracing(arm.tracing_percent)
+        listeners.append(listener)
+    if any(arm.tracing_percent is not None for arm in arms):
+        clusters.append(_static_cluster(ZIPKIN_CLUSTER, upstream_port))
+    return {
+        "node": {
+            "id": NODE_ID,
+            "cluster": NODE_CLUSTER,
+            "metadata": {"NAMESPACE": NAMESPACE},
+        },
+        "admin": _admin(),
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+def _upstream_route() -> Json:
+    return {
         "name": "to-upstream",
         "virtual_hosts": [
             {
@@ -186,8 +291,12 @@ def front_bootstrap(upstream_port: int, emulator_port: int, tap_dir: Path) -> Js
             }
         ],
     }
+
+
+def front_bootstrap(upstream_port: int, emulator_port: int, tap_dir: Path) -> Json:
+    """The Envoy under test: three listeners (see the module docstring), two clusters."""
+    route_config = _upstream_route()
     filters = {"notap": [], "tap": [tap_filter(tap_dir)], "extproc": [ext_proc_filter()]}
-    keepalive = {"connection_keepalive": {"interval": "10s", "timeout": "5s"}}
     return {
         "node": {
             "id": NODE_ID,
@@ -199,7 +308,7 @@ def front_bootstrap(upstream_port: int, emulator_port: int, tap_dir: Path) -> Js
             "listeners": [_listener(arm, route_config, filters[arm]) for arm in ARMS],
             "clusters": [
                 _static_cluster("upstream", upstream_port),
-                _static_cluster("emulator", emulator_port, http2_options=keepalive),
+                ext_proc_cluster("emulator", emulator_port),
             ],
         },
     }
