@@ -509,6 +509,8 @@ class ExtProcPhase:
                 if k.startswith("tap_emulator_streams_opened_total") and 'source="ext_proc"' in k
             ),
             "emulator_files_written_metric": files_written(samples),
+            # side streams gRPC core ended before a handler got them (its load shedding)
+            "emulator_grpc_calls_unhandled": samples.get("tap_emulator_grpc_calls_unhandled", 0.0),
             "counted_lost_by_emulator": counted,
             "counted_lost_total": sum(counted.values()),
             # written, but how complete (an aborted transaction is written as far as it got)

@@ -25,6 +25,7 @@ from tap_emulator.ingest.tapsink import SERVICE as TAP_SERVICE
 from tap_emulator.ingest.tapsink import TapSink, TapSinkLimits
 from tap_emulator.ingest.wire_budget import WireBudget
 from tap_emulator.labels import Source
+from tap_emulator.observe.grpc_calls import core_calls_started
 from tap_emulator.observe.health import GrpcHealth, HttpEndpoint, Readiness
 from tap_emulator.observe.metrics import Metrics, TableStats
 from tap_emulator.web.link import PageProcess
@@ -210,6 +211,8 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         )
         pool.on_published = page.offer
         metrics.watch_page(page)
+    grpc_health = GrpcHealth((TAP_SERVICE, EXTPROC_SERVICE))
+    metrics.watch_calls(core_calls_started, lambda: metrics.stream_calls + grpc_health.calls)
     return Emulator(
         settings=settings,
         metrics=metrics,
@@ -222,7 +225,7 @@ def build(settings: Settings, publisher: Publisher | None = None) -> Emulator:
         sink=sink,
         processor=processor,
         readiness=readiness,
-        grpc_health=GrpcHealth((TAP_SERVICE, EXTPROC_SERVICE)),
+        grpc_health=grpc_health,
         http=HttpEndpoint(metrics, readiness),
         page=page,
         forwarder=forwarder,

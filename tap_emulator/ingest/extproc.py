@@ -134,6 +134,7 @@ class ExtProcessor:
     ) -> None:
         # Messages are read through `context` (streams.read_message), never `requests`.
         metrics = self._metrics
+        metrics.stream_calls += 1
         if self._registry.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN)
         peer = context.peer()

@@ -140,6 +140,7 @@ class TapSink:
     ) -> bytes:
         # Messages are read through `context` (streams.read_message), never `requests`.
         metrics = self._metrics
+        metrics.stream_calls += 1
         if self._registry.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, ENDINGS[StreamOutcome.SHUTDOWN])
         peer = context.peer()

@@ -92,6 +92,7 @@ class GrpcHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         self._max_watches = max_watches
         self._per_peer = per_peer
         self._watches: dict[str, int] = {}
+        self.calls = 0  # Check and Watch calls this servicer was given
 
     async def serving(self, ready: bool) -> None:
         status = _SERVING if ready else _NOT_SERVING
@@ -105,6 +106,7 @@ class GrpcHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def Check(  # noqa: N802 (the gRPC method's name)
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthCheckResponse:
+        self.calls += 1
         status = self._status.get(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
@@ -113,6 +115,7 @@ class GrpcHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def Watch(  # noqa: N802 (the gRPC method's name)
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        self.calls += 1
         peer = peer_address(context.peer())
         if sum(self._watches.values()) >= self._max_watches or (
             self._watches.get(peer, 0) >= self._per_peer

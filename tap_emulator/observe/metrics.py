@@ -92,11 +92,40 @@ class _CallbackCollector(Collector):
     def __init__(self) -> None:
         self.tables: dict[str, Callable[[], TableStats]] = {}
         self.page: PageHandoff | None = None
+        self.calls: tuple[Callable[[], int | None], Callable[[], int]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         yield from self._tables()
         if self.page is not None:
             yield from self._page(self.page)
+        if self.calls is not None:
+            yield from self._calls(*self.calls)
+
+    def _calls(
+        self, started: Callable[[], int | None], handled: Callable[[], int]
+    ) -> Iterator[Metric]:
+        given = handled()
+        yield CounterMetricFamily(
+            f"{PREFIX}_grpc_calls_handled",
+            "gRPC calls given to one of the emulator's handlers (tap and ext_proc streams, "
+            "refused ones included, and health checks)",
+            value=given,
+        )
+        core = started()
+        if core is None:
+            return
+        yield CounterMetricFamily(
+            f"{PREFIX}_grpc_calls_started",
+            "gRPC calls the transport (gRPC core) started, whether or not a handler got them",
+            value=core,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_grpc_calls_unhandled",
+            "Calls started less calls handled: calls gRPC core ended before any handler was "
+            "given them (it sheds load when the emulator is saturated: those ext_proc "
+            "transactions are lost), plus calls to unknown methods and the few in flight",
+            value=max(0, core - given),
+        )
 
     def _page(self, page: PageHandoff) -> Iterator[Metric]:
         yield CounterMetricFamily(
@@ -437,12 +466,18 @@ class Metrics:
             registry=r,
         )
 
+        # Calls the stream handlers were given (health checks count in GrpcHealth.calls).
+        self.stream_calls = 0
         self._callbacks = _CallbackCollector()
         r.register(self._callbacks)
 
     def watch_table(self, name: str, read: Callable[[], TableStats]) -> None:
         """Export a correlation table's size and evictions, read at scrape time."""
         self._callbacks.tables[name] = read
+
+    def watch_calls(self, started: Callable[[], int | None], handled: Callable[[], int]) -> None:
+        """Export gRPC core's calls started against the calls the handlers were given."""
+        self._callbacks.calls = (started, handled)
 
     def watch_page(self, page: PageHandoff) -> None:
         """Export what the web page was offered and what it missed, read at scrape time."""

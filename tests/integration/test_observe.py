@@ -204,3 +204,34 @@ def test_info_log_has_no_per_stream_lines(start_emulator: Any) -> None:
     send_streams(emulator.tap, streams)
     assert emulator.stop() == 0
     assert len(emulator.log_lines) <= 5, emulator.log
+
+
+def test_every_grpc_call_core_started_is_either_handled_or_shown_unhandled(
+    start_emulator: Any,
+) -> None:
+    """gRPC core's own count of calls (channelz) against the calls the handlers were given:
+    tap streams and health checks are handled; a call no handler takes (an unknown method,
+    as a call core ends under overload) shows as unhandled."""
+    emulator = start_emulator()
+    streams = [
+        t.stream([t.buffered(t.request_headers(trace=f"{n:032x}"))], t.identifier("inbound"))
+        for n in range(1, 4)
+    ]
+    assert [r["code"] for r in send_streams(emulator.tap, streams)] == ["OK"] * 3
+    assert grpc_health(emulator.tap) == "SERVING"
+    samples = scrape(emulator.metrics_url)
+    print(f"observed: started {metric(samples, 'tap_emulator_grpc_calls_started_total')}, "
+          f"handled {metric(samples, 'tap_emulator_grpc_calls_handled_total')}")  # fmt: skip
+    assert metric(samples, "tap_emulator_grpc_calls_handled_total") == 4
+    assert metric(samples, "tap_emulator_grpc_calls_started_total") == 4
+    assert metric(samples, "tap_emulator_grpc_calls_unhandled") == 0
+
+    with grpc.insecure_channel(emulator.tap) as channel:
+        unknown = channel.unary_unary("/envoy.service.tap.v3.TapSinkService/NoSuchMethod")
+        with pytest.raises(grpc.RpcError) as refused:
+            unknown(b"", timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    samples = scrape(emulator.metrics_url)
+    assert metric(samples, "tap_emulator_grpc_calls_started_total") == 5
+    assert metric(samples, "tap_emulator_grpc_calls_handled_total") == 4
+    assert metric(samples, "tap_emulator_grpc_calls_unhandled") == 1

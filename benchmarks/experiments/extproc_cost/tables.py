@@ -1,6 +1,7 @@
 """Markdown tables from a run_cost.py JSON: per mode, each arm's medians and ratios.
 
-python benchmarks/experiments/extproc_cost/tables.py benchmarks/experiments/extproc_cost/results/envoy.json
+python benchmarks/experiments/extproc_cost/tables.py \
+    benchmarks/experiments/extproc_cost/results/envoy.json
 """
 
 from __future__ import annotations
