@@ -193,6 +193,16 @@ def per_peer_flags() -> list[str]:
     return []
 
 
+def page_flags() -> list[str]:
+    """The web page on a free port (it is on by default, so it is measured as deployed);
+    products older than the page (``--product-dir``) get nothing."""
+    config = PRODUCT[0] / "tap_emulator" / "config.py"
+    with contextlib.suppress(OSError):
+        if "ui_listen" in config.read_text():
+            return ["--ui-listen", "127.0.0.1:0"]
+    return []
+
+
 class Measured(Protocol):
     """What `Bench.measure` needs of a server: its pid and counter snapshots."""
 
@@ -352,15 +362,14 @@ class Bench:
             f"127.0.0.1:{port}",
             "--metrics-listen",
             "127.0.0.1:0",
-            "--ui-listen",
-            "127.0.0.1:0",
+            *page_flags(),
             "--output-dir",
             str(directory),
             *per_peer_flags(),
             *self.args.server_arg,
             *flags,
         ]
-        proc = Proc([sys.executable, "-m", "tap_emulator", *serve], "emulator")
+        proc = Proc([sys.executable, "-m", "tap_emulator", *serve], "emulator", product=True)
 
         def listening() -> re.Match[str] | None:
             for line in proc.stderr:

@@ -76,7 +76,9 @@ def kill_children() -> None:
 class Proc:
     """A child process whose stdout is JSON lines and whose stderr is kept for diagnosis."""
 
-    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], name: str, env: dict[str, str] | None = None, product: bool = False
+    ) -> None:
         self.name = name
         self.events: list[Json] = []
         self.stderr: deque[str] = deque(maxlen=400)
@@ -88,8 +90,8 @@ class Proc:
             stdin=subprocess.DEVNULL,
             text=True,
             bufsize=1,
-            cwd=PRODUCT[0],
-            env=env or child_env(),
+            cwd=PRODUCT[0] if product else REPO,
+            env=env or child_env(product),
         )
         self.pid = self.popen.pid
         CHILDREN.append(self)
@@ -166,10 +168,13 @@ class Proc:
 PRODUCT: list[Path] = [REPO]
 
 
-def child_env() -> dict[str, str]:
+def child_env(product: bool = False) -> dict[str, str]:
+    """The product under test (`product`) imports `tap_emulator` from PRODUCT; the harness's
+    own processes (ceilings, load generators) from this repository, whatever is measured."""
     env = dict(os.environ)
+    first = [str(PRODUCT[0])] if product else []
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(PRODUCT[0]), str(HERE), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+        [*first, str(HERE), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
     )
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
