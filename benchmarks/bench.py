@@ -224,10 +224,10 @@ def scrape(port: int) -> Json:
         base = name.split("{", 1)[0]
         if base == "tap_emulator_messages_received_total":
             out["messages"] += value
-        elif base == "tap_emulator_received_bytes_total":
-            out["bytes"] = value
+        elif base == "tap_emulator_received_bytes_total":  # one sample per source
+            out["bytes"] += value
         elif base == "tap_emulator_files_written_total":
-            out["files"] = value
+            out["files"] += value
         elif base == "tap_emulator_publish_latency_seconds_bucket":
             le = name.split('le="', 1)[1].split('"', 1)[0]
             out["buckets"][le] = value
