@@ -190,10 +190,15 @@ class Forwarder:
         return self.dropped - dropped_before
 
     async def _cancel_routes(self) -> None:
-        tasks = [route.task for route in self._routes.values() if route.task is not None]
+        routes = list(self._routes.values())
+        tasks = [route.task for route in routes if route.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A task cancelled before it first ran never reached its own clean-up (a drain right
+        # after the traces arrived): what its lane holds would vanish uncounted.
+        for route in routes:
+            self._retire(route)
 
     async def close(self) -> None:
         await self._cancel_routes()
@@ -221,12 +226,16 @@ class Forwarder:
             self._abandon(route)
             raise
         finally:
-            if self._routes.get(route.sender) is route:
-                del self._routes[route.sender]
-            left = self.queue.clear(route.lane) + (route.carry is not None)
-            route.carry = None
-            if left:
-                self._drop(ForwardDrop.SHUTDOWN, left)
+            self._retire(route)
+
+    def _retire(self, route: _Route) -> None:
+        """Forget a route; what its lane still holds is dropped and counted."""
+        if self._routes.get(route.sender) is route:
+            del self._routes[route.sender]
+        left = self.queue.clear(route.lane) + (route.carry is not None)
+        route.carry = None
+        if left:
+            self._drop(ForwardDrop.SHUTDOWN, left)
 
     async def _pump(self, route: _Route, backoff: Backoff) -> None:
         """Write the lane's traces on its stream until it has been idle for
