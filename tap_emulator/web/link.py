@@ -11,7 +11,8 @@ emulator pays for one published file only what it costs to copy its bytes into a
 
 The hand-off: `offer` (the writers' `on_published`, on the event loop) appends a frame;
 frames go out in one write per loop iteration. The socket and its buffer hold at most
-`MAX_BUFFER_BYTES`; while they are full, files are skipped and counted, never waited for.
+`MAX_BUFFER_BYTES` (with what is framed and not yet written); a file that would go past it
+is skipped and counted, never waited for.
 Once a second the emulator sends the numbers the page's header shows (the same as /metrics
 exports), while a page is open. If the page's process ends, capture goes on without it, and
 it is started again on the same address.
@@ -73,26 +74,20 @@ def status_frame(status: dict[str, Any]) -> bytes:
 
 
 class _Channel(asyncio.Protocol):
-    """The socket to the page's process: its write side's pressure, its JSON-line messages."""
+    """The socket to the page's process and its JSON-line messages (the write side's
+    pressure is read from the transport's buffer size, see `PageProcess.offer`)."""
 
     def __init__(self, on_message: Callable[[dict[str, Any]], None]) -> None:
         self.transport: asyncio.Transport | None = None
-        self.full = False
         self.closed = asyncio.Event()
         self._on_message = on_message
         self._partial = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport = self.transport
-        # Past the high mark the socket and its buffer are full: files are skipped, not queued.
-        transport.set_write_buffer_limits(high=MAX_BUFFER_BYTES, low=MAX_BUFFER_BYTES // 2)
-
-    def pause_writing(self) -> None:
-        self.full = True
-
-    def resume_writing(self) -> None:
-        self.full = False
+        # The high mark only stops asyncio from calling pause_writing early: `offer` keeps the
+        # buffer under MAX_BUFFER_BYTES itself.
+        self.transport.set_write_buffer_limits(high=MAX_BUFFER_BYTES, low=MAX_BUFFER_BYTES // 2)
 
     def data_received(self, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
@@ -126,6 +121,7 @@ class PageProcess:
         self._channel: _Channel | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._frames: list[bytes] = []
+        self._frames_bytes = 0  # framed, not yet handed to the transport
         self._flush_asked = False
         self._ready: asyncio.Future[tuple[str, int]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,22 +135,28 @@ class PageProcess:
     def offer(self, publication: Published) -> None:
         self.offered += 1
         channel = self._channel
-        if channel is None or channel.full or channel.transport is None:
+        transport = channel.transport if channel is not None else None
+        # Bytes, not only the transport's pause: a batch of large files published in one loop
+        # turn would otherwise all be framed before the first write, past the memory bound.
+        if transport is None or (
+            self._frames_bytes + transport.get_write_buffer_size() + len(publication.payload)
+            > MAX_BUFFER_BYTES
+        ):
             self.skipped += 1
             return
-        self._frames += file_frame(
-            publication.stem, publication.sequence, publication.payload, time.time()
-        )
+        frame = file_frame(publication.stem, publication.sequence, publication.payload, time.time())
+        self._frames += frame
+        self._frames_bytes += sum(map(len, frame))
         if not self._flush_asked:
             self._flush_asked = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_asked = False
-        frames, self._frames = self._frames, []
+        frames, self._frames, self._frames_bytes = self._frames, [], 0
         channel = self._channel
         if channel is not None and channel.transport is not None and frames:
-            channel.transport.write(b"".join(frames))
+            channel.transport.writelines(frames)
 
     # --- lifecycle ----------------------------------------------------------------------
 

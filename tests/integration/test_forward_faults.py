@@ -143,6 +143,15 @@ def test_with_b_absent_at_start_a_writes_everything_keeps_the_newest_and_sends_t
 
     a_files = published(a.output_dir)
     assert len(a_files) == 2 * 2000  # A wrote everything, the tool away
+
+    # The forwarding process reports its counts about once a second: wait until they cover
+    # every trace handed over (queued, held by a lane, or dropped).
+    def accounted() -> bool:
+        shown = forward_metrics(a)
+        held = shown["queue_items"] + len(LANES)
+        return shown["dropped_disconnected"] + held >= 2 * 2000
+
+    assert wait_for(accounted, 10)
     shown = forward_metrics(a)
     assert shown["messages_total"] == 0
     assert shown["queue_items"] == QUEUE_ITEMS  # bounded
