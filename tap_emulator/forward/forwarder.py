@@ -27,7 +27,7 @@ import grpc
 
 from tap_emulator.forward.backoff import Backoff
 from tap_emulator.forward.channel import ConnectionWatch, open_channel
-from tap_emulator.forward.policy import WhenFull
+from tap_emulator.forward.policy import WhenFull, full_queue_drop
 from tap_emulator.forward.queue import ForwardQueue, Lane
 from tap_emulator.forward.wire import FRAMING_BYTES, SenderLike, encode_request, identifier_field
 from tap_emulator.labels import ForwardDrop, ForwardState
@@ -118,12 +118,7 @@ class Forwarder:
                 continue
             gave_way = self.queue.put(route.lane, trace_id, payload)
             if gave_way:
-                self._drop(self._full_reason(), gave_way)
-
-    def _full_reason(self) -> ForwardDrop:
-        if self.state is ForwardState.READY:
-            return ForwardDrop.QUEUE_FULL
-        return ForwardDrop.DISCONNECTED
+                self._drop(full_queue_drop(self.state), gave_way)
 
     def _drop(self, reason: ForwardDrop, count: int) -> None:
         self.dropped += count

@@ -24,6 +24,7 @@ from typing import Any
 from tap_emulator.forward import frames
 from tap_emulator.forward.backoff import Backoff
 from tap_emulator.forward.child import ChildOptions
+from tap_emulator.forward.policy import full_queue_drop
 from tap_emulator.forward.wire import SenderLike
 from tap_emulator.labels import ForwardDrop, ForwardState
 from tap_emulator.observe.logs import ThrottledLog
@@ -89,7 +90,7 @@ class ForwardLink:
         waiting = self._pending_bytes + transport.get_write_buffer_size()
         for payload in payloads:
             if waiting > self._boundary_max_bytes:
-                self._drop(self._full_reason(), 1)
+                self._drop(full_queue_drop(self._state), 1)
                 continue
             self._pending.append(frames.trace_head(index, trace_id, len(payload)))
             self._pending.append(payload)
@@ -104,11 +105,6 @@ class ForwardLink:
             self._transport.writelines(self._pending)
         self._pending = []
         self._pending_bytes = 0
-
-    def _full_reason(self) -> ForwardDrop:
-        if self._state is ForwardState.READY:
-            return ForwardDrop.QUEUE_FULL
-        return ForwardDrop.DISCONNECTED
 
     def _drop(self, reason: ForwardDrop, count: int) -> None:
         self.dropped += count
