@@ -1,7 +1,7 @@
 """What a test does when this machine lacks a part it needs (a mount, a browser, Envoy,
 tshark): skip with the reason printed, or, where the run says every part must be there
-(`TAP_EMULATOR_TESTS_REQUIRE_ALL=1`, as CI sets it), fail with it, so a machine that cannot
-run the fault, browser or Envoy tests never passes by skipping them."""
+(`TAP_EMULATOR_TESTS_REQUIRE_ALL=1`, for a machine meant to have them all), fail with it, so
+such a machine never passes by skipping the fault, browser or Envoy tests."""
 
 from __future__ import annotations
 
