@@ -28,6 +28,7 @@ from tests.helpers import raw_tap
 from tests.helpers.emulator import published, wait_for
 from tests.helpers.mounts import ext4_image, freeze, thaw
 from tests.helpers.namespaces import own_pid_namespace
+from tests.helpers.paths import REPO
 from tests.helpers.probes import (
     counter,
     exit_after,
@@ -37,6 +38,7 @@ from tests.helpers.probes import (
     server_pid,
 )
 from tests.helpers.raw_tap import HeldStream, send_stream
+from tests.helpers.unavailable import unavailable
 
 NOBODY = 65534
 SERVER_UID = 65533  # an unprivileged user of its own, so that NOBODY's files are not its
@@ -45,7 +47,17 @@ SERVE = [sys.executable, "-m", "tap_emulator"]
 
 
 def as_user(uid: int) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *SERVE]
+    """`serve` run as `uid`; skips (printing why) where that user cannot reach this checkout,
+    for example a clone under a mode-0700 directory such as `mktemp -d` makes."""
+    command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *SERVE]
+    reached = subprocess.run(
+        [*command, "--version"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    if reached.returncode != 0:
+        unavailable(
+            f"user {uid} cannot run the emulator from {REPO}: {reached.stderr.strip()[-200:]}"
+        )
+    return command
 
 
 # The page runs in a process the emulator starts from its own interpreter; on this machine that
